@@ -1,0 +1,120 @@
+/*
+ * model/engine.h — the only interface between serving (server/, tools/) and
+ * compute. An engine owns one device (CPU threads or a CUDA GPU; one engine per
+ * rank under tensor parallelism), the static KV cache and the per-slot sampler
+ * state. It is driven by exactly one thread (the engine thread); no function
+ * here is thread-safe except engine_info().
+ *
+ * Vocabulary:
+ *   slot      — a row of the static KV cache, [layer][slot][kv_head][max_seq][head_dim].
+ *               A request owns one slot from admission to completion; slots are
+ *               reset (engine_slot_reset), never freed.
+ *   position  — index of a token in its slot's sequence (0-based). The KV cache
+ *               of a slot is valid for positions [0, pos) before a step that
+ *               writes tokens at pos, pos+1, ...
+ *   row       — one entry of a batch: a slot and the tokens to run for it this
+ *               step (a prefill chunk, one decode token, or k+1 tokens to verify).
+ *
+ * engine_step() runs the forward for all rows, writes their K/V at the given
+ * positions, and for rows with sample=1 samples one token from the logits of
+ * the row's last token with the slot's sampler (greedy when temperature == 0),
+ * returning the id and requested logprobs. Sampling happens on the device;
+ * only ids and logprobs come back. The sampled token is NOT fed back
+ * automatically: the caller passes it as the next decode row, so the caller
+ * (scheduler, speculative decoder) decides what is committed.
+ */
+#ifndef PG_ENGINE_H
+#define PG_ENGINE_H
+
+#include "../common/common.h"
+#include "model.h"
+
+typedef enum { ENGINE_DEVICE_CPU = 0, ENGINE_DEVICE_CUDA = 1 } engine_device;
+typedef enum { KV_F32 = 0, KV_BF16, KV_INT8 } kv_dtype;
+typedef enum { WQUANT_NONE = 0, WQUANT_INT8, WQUANT_INT4 } weight_quant;
+
+typedef struct {
+    engine_device device;
+    int      max_slots;     /* KV cache rows; 1 until batching lands */
+    int      max_seq_len;   /* tokens per slot; <= cfg.max_pos; 0 = min(cfg.max_pos, 4096) */
+    int      n_threads;     /* CPU: worker threads; 0 = number of cores */
+    kv_dtype kv;            /* CPU default KV_F32, CUDA default KV_BF16 */
+    weight_quant quant;     /* re-quantize weights at load (issue: quantization) */
+    int      group_size;    /* int4 group size */
+    int      use_graphs;    /* CUDA: capture decode in CUDA graphs (default 1) */
+    int      gpu_id;
+} engine_opts;
+
+void engine_opts_default(engine_opts *o);
+/* 1 if this build has CUDA and a GPU is visible (cudaGetDeviceCount > 0). */
+int  engine_cuda_available(void);
+
+#define SAMPLER_MAX_TOP_LOGPROBS 20
+
+typedef struct {
+    float    temperature;         /* 0 = greedy (argmax) */
+    int      top_k;               /* 0 = off */
+    float    top_p;               /* 1 = off */
+    float    min_p;               /* 0 = off */
+    uint64_t seed;
+    float    repetition_penalty;  /* 1 = off; over prompt + generated (vLLM/HF) */
+    float    presence_penalty;    /* 0 = off; over generated tokens (OpenAI) */
+    float    frequency_penalty;   /* 0 = off; over generated tokens (OpenAI) */
+    int      n_logit_bias;
+    const int32_t *logit_bias_ids;   /* copied by engine_slot_reset */
+    const float   *logit_bias_vals;
+    int      logprobs;            /* 1: return logprob of the sampled token */
+    int      top_logprobs;        /* 0..SAMPLER_MAX_TOP_LOGPROBS alternatives */
+} sampler_params;
+
+void sampler_params_default(sampler_params *p);
+
+typedef struct {
+    int            slot;
+    const int32_t *tokens;
+    int            n_tokens;   /* >= 1 */
+    int            pos;        /* position of tokens[0]; pos + n_tokens <= max_seq_len */
+    int            sample;     /* sample after the last token of this row */
+    int            count_prompt; /* add these tokens to the repetition-penalty history */
+} engine_row;
+
+typedef struct {
+    int32_t token;                 /* sampled id (rows with sample=1) */
+    float   logprob;               /* log softmax of the sampled id (raw logits, before penalties) */
+    int     n_top;
+    int32_t top_ids[SAMPLER_MAX_TOP_LOGPROBS];
+    float   top_logprobs[SAMPLER_MAX_TOP_LOGPROBS];
+} engine_result;
+
+typedef struct engine engine;
+
+typedef struct {
+    const char *device_name;   /* "cpu (2 threads, avx2)" / "NVIDIA H100 80GB HBM3" */
+    int    max_slots, max_seq_len, vocab_size;
+    size_t weight_bytes;       /* bytes of weights as held on the device */
+    size_t kv_bytes;           /* bytes of the whole KV cache */
+    size_t kv_bytes_per_token; /* KV bytes written per token position (all layers) */
+} engine_info_t;
+
+int  engine_create(const model *m, const engine_opts *opts, engine **out, pg_err *err);
+void engine_free(engine *e);
+void engine_info(const engine *e, engine_info_t *info);
+
+/* Reset a slot for a new sequence: clears its sampler state (seed, penalty
+ * history, logit bias). Returns PG_EINVAL for a bad slot or parameters. */
+int  engine_slot_reset(engine *e, int slot, const sampler_params *p, pg_err *err);
+
+/* Run one step; results[i] belongs to rows[i]. Returns PG_ERANGE if a row
+ * would run past max_seq_len, PG_EINVAL for bad ids/slots. */
+int  engine_step(engine *e, const engine_row *rows, int n_rows,
+                 engine_result *results, pg_err *err);
+
+/* Copy the logits (vocab_size floats, raw, before penalties) of the last token
+ * of row i of the most recent step. For tests and perplexity. */
+int  engine_get_logits(engine *e, int row, float *out, pg_err *err);
+/* Ask the next step to keep logits of every token of row 0 (perplexity, tests);
+ * engine_get_logits_at then reads position j of that row. */
+void engine_keep_all_logits(engine *e, int on);
+int  engine_get_logits_at(engine *e, int j, float *out, pg_err *err);
+
+#endif

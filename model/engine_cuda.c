@@ -1,0 +1,667 @@
+/*
+ * model/engine_cuda.c — the CUDA backend of the engine (engine_internal.h).
+ *
+ * Memory (all cudaMalloc'd once in init, never in a step):
+ *   weights      one allocation; per layer wqkv [(nh+2nkv)*hd][dim] (q, k, v
+ *                rows concatenated), wo, w13 [2*hidden][dim] (gate rows then
+ *                up rows), w2; norms as f32. Float weights (F32/F16/BF16) are
+ *                held as bf16; Q8_0/Q4_0/Q4_1 keep their blocks, split into
+ *                quant and scale arrays (kc_matrix) and dequantized inside the
+ *                matrix-vector kernels.
+ *   KV cache     bf16 [layer][slot][kv_head][max_seq][head_dim], K and V.
+ *   activations  for CU_CHUNK tokens (prefill chunk) >= max_slots rows (decode).
+ *   step I/O     device arrays of token ids, positions, slots, uniforms and
+ *                sample flags, filled from pinned host arrays by copies that
+ *                are part of the decode graph; sampled ids come back the same way.
+ * Decode (every row has one token): the whole step — input copies,
+ * embedding, all layers, final norm, LM head, sampling, output copy — is
+ * captured once per batch size into a CUDA graph and replayed; with
+ * use_graphs=0 the same launches run eagerly (bit-identical results).
+ * Prefill runs eagerly, one row at a time, in chunks of CU_CHUNK tokens;
+ * chunks of >= CU_GEMM_MIN tokens with bf16 weights use cuBLASLt, the rest
+ * the matrix-vector kernels (8 tokens per weight pass).
+ * Sampling runs on the device inside forward() (the graph ends with it);
+ * sample() waits for the step and hands the ids to the caller.
+ * Thread safety: one engine thread drives it (engine.h).
+ */
+#include "engine_internal.h"
+
+#if defined(PG_CUDA) && defined(PG_HAVE_ENGINE_CUDA)
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../kernels/kernels.h"
+#include "../kernels/cuda/kernels_cuda.h"
+
+#define CU_CHUNK     512         /* prefill tokens per forward chunk */
+#define CU_GEMM_MIN  16          /* prefill chunks this long use cuBLASLt (bf16 weights) */
+#define CU_KEEP_ROWS 8           /* logits rows computed at once for keep_all_logits */
+#define CU_STAGE     (64u << 20) /* bytes of each of the two pinned staging buffers */
+
+typedef struct {
+    float    *attn_norm, *ffn_norm;   /* [dim] */
+    kc_matrix wqkv, wo, w13, w2;
+} cu_layer;
+
+typedef struct {
+    int dim, hidden, nl, nh, nkv, hd, vocab, q_rows, kv_rows, qkv_rows;
+    int max_slots, max_seq, ch;
+    float eps;
+    kc_attn_shape sh;
+    int all_bf16;                 /* every matrix is bf16: prefill may use cuBLASLt */
+
+    cudaStream_t st;
+    kc_gemm_ctx *gemm;
+    void     *wbuf;               /* all weights */
+    size_t    wbytes;
+    cu_layer *L;
+    kc_matrix emb, lm_head;       /* lm_head == emb when tied */
+    float    *out_norm, *inv_freq;
+
+    kc_bf16  *kc, *vc;            /* [layer][slot][kv_head][max_seq][hd] */
+    size_t    kv_layer;           /* elements per layer */
+
+    void     *abuf;               /* activations, one allocation */
+    float    *x, *xn, *y, *qkv, *att, *h, *gu, *part, *logits, *swork;
+    kc_bf16  *xb;
+    int32_t  *d_tok, *d_pos, *d_slot, *d_do; float *d_u;   /* [ch] step inputs */
+    kc_sample_out *d_out;         /* [max_slots] */
+    kc_sampler_params *d_sp;      /* [max_slots] */
+    int32_t  *gen_count;          /* [max_slots][vocab] */
+    uint8_t  *seen;               /* [max_slots][vocab] */
+
+    void     *pin;                /* pinned host block */
+    int32_t  *h_tok, *h_pos, *h_slot, *h_do; float *h_u;
+    kc_sample_out *h_out;
+    kc_sampler_params *h_sp;
+
+    cudaGraphExec_t *graphs;      /* [max_slots + 1], captured on first use */
+    int       use_graphs;
+    float    *all_logits;         /* host [n_all][vocab] for keep_all_logits */
+    size_t    all_cap;
+} cu_state;
+
+int engine_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { (void)cudaGetLastError(); return 0; }
+    return n;
+}
+
+/* ---------------------------------------------------------------- layout */
+/* A bump allocator run twice: first with base == NULL to size, then to carve. */
+typedef struct { char *base; size_t off; } carver;
+static void *carve(carver *c, size_t bytes)
+{
+    c->off = (c->off + 255) & ~(size_t)255;
+    void *p = c->base ? c->base + c->off : NULL;
+    c->off += bytes;
+    return p;
+}
+
+static pg_dtype dev_dtype(pg_dtype t)
+{
+    return (t == PG_Q8_0 || t == PG_Q4_0 || t == PG_Q4_1) ? t : PG_BF16;
+}
+
+static void carve_matrix(carver *c, kc_matrix *m, pg_dtype t, int rows, int cols)
+{
+    m->dtype = t; m->rows = rows; m->cols = cols;
+    m->q = carve(c, kc_matrix_q_bytes(t, rows, cols));
+    size_t sb = kc_matrix_s_bytes(t, rows, cols);
+    m->s = sb ? carve(c, sb) : NULL;
+}
+
+static void carve_weights(cu_state *s, const model *m, carver *c)
+{
+    const model_weights *w = &m->w;
+    for (int l = 0; l < s->nl; l++) {
+        const layer_weights *lw = &w->layers[l];
+        cu_layer *L = &s->L[l];
+        L->attn_norm = carve(c, (size_t)s->dim * 4);
+        L->ffn_norm = carve(c, (size_t)s->dim * 4);
+        carve_matrix(c, &L->wqkv, dev_dtype(lw->wq.dtype), s->qkv_rows, s->dim);
+        carve_matrix(c, &L->wo, dev_dtype(lw->wo.dtype), s->dim, s->q_rows);
+        carve_matrix(c, &L->w13, dev_dtype(lw->w_gate.dtype), 2 * s->hidden, s->dim);
+        carve_matrix(c, &L->w2, dev_dtype(lw->w_down.dtype), s->dim, s->hidden);
+    }
+    carve_matrix(c, &s->emb, dev_dtype(w->tok_embd.dtype), s->vocab, s->dim);
+    if (m->cfg.tie_embeddings) s->lm_head = s->emb;
+    else carve_matrix(c, &s->lm_head, dev_dtype(w->lm_head.dtype), s->vocab, s->dim);
+    s->out_norm = carve(c, (size_t)s->dim * 4);
+    s->inv_freq = carve(c, (size_t)s->hd / 2 * 4);
+}
+
+static void carve_acts(cu_state *s, carver *c)
+{
+    size_t ch = (size_t)s->ch, ms = (size_t)s->max_slots, V = (size_t)s->vocab;
+    size_t wide = (size_t)s->dim;
+    if ((size_t)s->q_rows > wide) wide = (size_t)s->q_rows;
+    if ((size_t)s->hidden > wide) wide = (size_t)s->hidden;
+    s->x = carve(c, ch * s->dim * 4);
+    s->xn = carve(c, ch * s->dim * 4);
+    s->y = carve(c, ch * s->dim * 4);
+    s->qkv = carve(c, ch * s->qkv_rows * 4);
+    s->att = carve(c, ch * s->q_rows * 4);
+    s->h = carve(c, ch * s->hidden * 4);
+    s->gu = s->all_bf16 ? carve(c, ch * 2 * s->hidden * 4) : NULL;
+    s->xb = carve(c, ch * wide * 2);
+    s->part = carve(c, k_attn_decode_part_floats(s->max_slots, s->sh) * 4);
+    s->logits = carve(c, (ms + CU_KEEP_ROWS) * V * 4);
+    s->swork = carve(c, ms * V * 4);
+    s->d_tok = carve(c, ch * 4);
+    s->d_pos = carve(c, ch * 4);
+    s->d_slot = carve(c, ch * 4);
+    s->d_do = carve(c, ch * 4);
+    s->d_u = carve(c, ch * 4);
+    s->d_out = carve(c, ms * sizeof(kc_sample_out));
+    s->d_sp = carve(c, ms * sizeof(kc_sampler_params));
+    s->gen_count = carve(c, ms * V * 4);
+    s->seen = carve(c, ms * V);
+}
+
+static void carve_pinned(cu_state *s, carver *c)
+{
+    size_t ch = (size_t)s->ch, ms = (size_t)s->max_slots;
+    s->h_tok = carve(c, ch * 4);
+    s->h_pos = carve(c, ch * 4);
+    s->h_slot = carve(c, ch * 4);
+    s->h_do = carve(c, ch * 4);
+    s->h_u = carve(c, ch * 4);
+    s->h_out = carve(c, ms * sizeof(kc_sample_out));
+    s->h_sp = carve(c, ms * sizeof(kc_sampler_params));
+}
+
+/* ---------------------------------------------------------------- upload */
+typedef struct {
+    cudaStream_t st;
+    void *pin[2];
+    cudaEvent_t ev[2];
+    int turn;
+    void *dstage;        /* device staging for tensors that need conversion */
+} uploader;
+
+/* Host bytes -> device through the two pinned buffers, double-buffered: the
+ * memcpy into one buffer overlaps the DMA out of the other. */
+static void up_copy(uploader *u, void *dst, const void *src, size_t n)
+{
+    for (size_t off = 0; off < n; off += CU_STAGE) {
+        size_t k = n - off < CU_STAGE ? n - off : CU_STAGE;
+        int b = u->turn; u->turn ^= 1;
+        KC_CHECK(cudaEventSynchronize(u->ev[b]));
+        memcpy(u->pin[b], (const char *)src + off, k);
+        KC_CHECK(cudaMemcpyAsync((char *)dst + off, u->pin[b], k, cudaMemcpyHostToDevice, u->st));
+        KC_CHECK(cudaEventRecord(u->ev[b], u->st));
+    }
+}
+
+static uint64_t cu_seed(uint64_t seed, int i) { return seed ^ ((uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull); }
+
+/* One source tensor into rows [row0, row0 + t->rows) of m. */
+static void up_matrix(uploader *u, const tensor *t, kc_matrix *m, int64_t row0, uint64_t seed)
+{
+    int64_t n = t->rows * t->cols;
+    if (!t->data) {   /* random weights drawn on the device */
+        PG_ASSERT(m->dtype == PG_BF16);
+        k_fill_normal_bf16((kc_bf16 *)m->q + row0 * m->cols, n, seed, 0.f, 0.02f, u->st);
+    } else if (t->dtype == PG_BF16) {
+        up_copy(u, (kc_bf16 *)m->q + row0 * m->cols, t->data, t->nbytes);
+    } else if (t->dtype == PG_F32 || t->dtype == PG_F16) {
+        up_copy(u, u->dstage, t->data, t->nbytes);
+        k_to_bf16(u->dstage, t->dtype, n, (kc_bf16 *)m->q + row0 * m->cols, u->st);
+    } else {
+        up_copy(u, u->dstage, t->data, t->nbytes);
+        k_repack_blocks(u->dstage, t->dtype, t->rows, t->cols, m, row0, u->st);
+    }
+}
+
+static void up_vector(uploader *u, const tensor *t, float *dst, uint64_t seed)
+{
+    int64_t n = t->rows * t->cols;
+    if (!t->data) k_fill_normal_f32(dst, n, seed, 1.f, 0.02f, u->st);
+    else if (t->dtype == PG_F32) up_copy(u, dst, t->data, t->nbytes);
+    else {
+        up_copy(u, u->dstage, t->data, t->nbytes);
+        k_to_f32(u->dstage, t->dtype, n, dst, u->st);
+    }
+}
+
+/* Device staging bytes a tensor needs: matrices unless already bf16, norm
+ * vectors unless already f32 (those are copied straight to their place). */
+static size_t stage_need_m(const tensor *t) { return t->data && t->dtype != PG_BF16 ? t->nbytes : 0; }
+static size_t stage_need_v(const tensor *t) { return t->data && t->dtype != PG_F32 ? t->nbytes : 0; }
+
+static int upload_weights(cu_state *s, const model *m, pg_err *err)
+{
+    const model_weights *w = &m->w;
+    size_t need = 0;
+#define NEED(f, t) do { size_t n_ = f(&(t)); if (n_ > need) need = n_; } while (0)
+    NEED(stage_need_m, w->tok_embd); NEED(stage_need_m, w->lm_head); NEED(stage_need_v, w->out_norm);
+    for (int l = 0; l < s->nl; l++) {
+        const layer_weights *lw = &w->layers[l];
+        NEED(stage_need_v, lw->attn_norm); NEED(stage_need_v, lw->ffn_norm);
+        NEED(stage_need_m, lw->wq); NEED(stage_need_m, lw->wk); NEED(stage_need_m, lw->wv);
+        NEED(stage_need_m, lw->wo); NEED(stage_need_m, lw->w_gate); NEED(stage_need_m, lw->w_up);
+        NEED(stage_need_m, lw->w_down);
+    }
+#undef NEED
+    uploader u = { .st = s->st };
+    if (need && cudaMalloc(&u.dstage, need) != cudaSuccess)
+        return pg_errf(err, PG_ENOMEM, "cuda: cannot allocate %zu MiB to stage weight conversion", need >> 20);
+    for (int b = 0; b < 2; b++) {
+        KC_CHECK(cudaMallocHost(&u.pin[b], CU_STAGE));
+        KC_CHECK(cudaEventCreateWithFlags(&u.ev[b], cudaEventDisableTiming));
+        KC_CHECK(cudaEventRecord(u.ev[b], s->st));
+    }
+    const uint64_t seed = m->random_seed;
+    int ti = 0;   /* tensor index for random streams, model.c order */
+    up_matrix(&u, &w->tok_embd, &s->emb, 0, cu_seed(seed, ti++));
+    up_vector(&u, &w->out_norm, s->out_norm, cu_seed(seed, ti++));
+    if (!m->cfg.tie_embeddings) up_matrix(&u, &w->lm_head, &s->lm_head, 0, cu_seed(seed, ti));
+    ti++;
+    for (int l = 0; l < s->nl; l++) {
+        const layer_weights *lw = &w->layers[l];
+        cu_layer *L = &s->L[l];
+        up_vector(&u, &lw->attn_norm, L->attn_norm, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->wq, &L->wqkv, 0, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->wk, &L->wqkv, s->q_rows, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->wv, &L->wqkv, s->q_rows + s->kv_rows, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->wo, &L->wo, 0, cu_seed(seed, ti++));
+        up_vector(&u, &lw->ffn_norm, L->ffn_norm, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->w_gate, &L->w13, 0, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->w_up, &L->w13, s->hidden, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->w_down, &L->w2, 0, cu_seed(seed, ti++));
+    }
+    KC_CHECK(cudaStreamSynchronize(s->st));
+    for (int b = 0; b < 2; b++) { cudaFreeHost(u.pin[b]); cudaEventDestroy(u.ev[b]); }
+    cudaFree(u.dstage);
+    return PG_OK;
+}
+
+/* ---------------------------------------------------------------- init */
+static int same_dev(pg_dtype a, pg_dtype b) { return dev_dtype(a) == dev_dtype(b); }
+
+static void cu_destroy(engine *e);
+
+static int cu_init(engine *e, pg_err *err)
+{
+    const model *m = e->m;
+    const model_config *c = &m->cfg;
+    if (e->opts.kv == KV_INT8)
+        return pg_errf(err, PG_EUNSUPPORTED, "cuda: int8 KV cache is not implemented (bf16 only)");
+    if (e->opts.quant != WQUANT_NONE)
+        return pg_errf(err, PG_EUNSUPPORTED, "cuda: load-time weight re-quantization is not implemented");
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *lw = &m->w.layers[l];
+        if (!same_dev(lw->wq.dtype, lw->wk.dtype) || !same_dev(lw->wq.dtype, lw->wv.dtype))
+            return pg_errf(err, PG_EUNSUPPORTED, "cuda: layer %d: q/k/v weights have different types (%s, %s, %s)",
+                           l, pg_dtype_name(lw->wq.dtype), pg_dtype_name(lw->wk.dtype), pg_dtype_name(lw->wv.dtype));
+        if (!same_dev(lw->w_gate.dtype, lw->w_up.dtype))
+            return pg_errf(err, PG_EUNSUPPORTED, "cuda: layer %d: gate/up weights have different types (%s, %s)",
+                           l, pg_dtype_name(lw->w_gate.dtype), pg_dtype_name(lw->w_up.dtype));
+    }
+    int G = c->n_heads / c->n_kv_heads;
+    if (G > 8 || G * c->head_dim > 1024 || c->head_dim % 8 || c->head_dim > 256 || 32 % (c->head_dim / 8))
+        return pg_errf(err, PG_EUNSUPPORTED, "cuda: attention shape (head_dim %d, %d query heads per kv head) not supported",
+                       c->head_dim, G);
+    if (c->dim % 32 || c->hidden_dim % 32)
+        return pg_errf(err, PG_EUNSUPPORTED, "cuda: dim %d and hidden_dim %d must be multiples of 32",
+                       c->dim, c->hidden_dim);
+
+    cu_state *s = pg_xcalloc(1, sizeof *s);
+    e->be_state = s;
+    KC_CHECK(cudaSetDevice(e->opts.gpu_id));
+    KC_CHECK(cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking));
+    s->dim = c->dim; s->hidden = c->hidden_dim; s->nl = c->n_layers; s->nh = c->n_heads;
+    s->nkv = c->n_kv_heads; s->hd = c->head_dim; s->vocab = c->vocab_size; s->eps = c->norm_eps;
+    s->q_rows = s->nh * s->hd; s->kv_rows = s->nkv * s->hd; s->qkv_rows = s->q_rows + 2 * s->kv_rows;
+    s->max_slots = e->opts.max_slots; s->max_seq = e->opts.max_seq_len;
+    s->ch = s->max_seq < CU_CHUNK ? s->max_seq : CU_CHUNK;
+    if (s->ch < s->max_slots) s->ch = s->max_slots;
+    s->sh = (kc_attn_shape){ s->nh, s->nkv, s->hd, s->max_seq, c->rope_interleaved };
+    s->use_graphs = e->opts.use_graphs;
+    s->L = pg_xcalloc((size_t)s->nl, sizeof *s->L);
+    s->all_bf16 = 1;
+    for (int l = 0; l < s->nl; l++) {
+        const layer_weights *lw = &m->w.layers[l];
+        pg_dtype ts[4] = { lw->wq.dtype, lw->wo.dtype, lw->w_gate.dtype, lw->w_down.dtype };
+        for (int k = 0; k < 4; k++) if (dev_dtype(ts[k]) != PG_BF16) s->all_bf16 = 0;
+    }
+
+    carver cw = { 0 }, ca = { 0 };
+    carve_weights(s, m, &cw);
+    carve_acts(s, &ca);
+    s->wbytes = cw.off;
+    s->kv_layer = (size_t)s->max_slots * s->nkv * s->max_seq * s->hd;
+    size_t kv_bytes = 2 * (size_t)s->nl * s->kv_layer * 2;
+    size_t fr = 0, tot = 0;
+    KC_CHECK(cudaMemGetInfo(&fr, &tot));
+    size_t need = cw.off + ca.off + kv_bytes + (64u << 20);   /* + cuBLASLt workspace, staging slack */
+    if (need > fr) {
+        cu_destroy(e);
+        return pg_errf(err, PG_ENOMEM,
+                       "cuda: needs %.2f GiB (weights %.2f, KV cache %.2f for %d slots x %d positions, "
+                       "activations %.2f) but the GPU has %.2f GiB free of %.2f",
+                       need / 1073741824.0, cw.off / 1073741824.0, kv_bytes / 1073741824.0,
+                       s->max_slots, s->max_seq, ca.off / 1073741824.0, fr / 1073741824.0,
+                       tot / 1073741824.0);
+    }
+    if (cudaMalloc(&s->wbuf, cw.off) != cudaSuccess || cudaMalloc(&s->abuf, ca.off) != cudaSuccess ||
+        cudaMalloc((void **)&s->kc, kv_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cu_destroy(e);
+        return pg_errf(err, PG_ENOMEM, "cuda: cudaMalloc failed for %.2f GiB (weights + activations + KV)",
+                       need / 1073741824.0);
+    }
+    s->vc = s->kc + (size_t)s->nl * s->kv_layer;
+    cw = (carver){ s->wbuf, 0 };
+    ca = (carver){ s->abuf, 0 };
+    carve_weights(s, m, &cw);
+    carve_acts(s, &ca);
+    carver cp = { 0 };
+    carve_pinned(s, &cp);
+    KC_CHECK(cudaMallocHost(&s->pin, cp.off));
+    cp = (carver){ s->pin, 0 };
+    carve_pinned(s, &cp);
+
+    double t0 = pg_now();
+    int rc = upload_weights(s, m, err);
+    if (rc) { cu_destroy(e); return rc; }
+    double dt = pg_now() - t0;
+    LOG_INFO("cuda: %.2f GB of weights on the device in %.2f s (%.1f GB/s)", s->wbytes / 1e9, dt,
+             s->wbytes / 1e9 / (dt > 0 ? dt : 1e-9));
+
+    float *inv = pg_xmalloc((size_t)s->hd / 2 * sizeof(float));
+    ref_rope_llama3 l3 = { c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                           c->rope_orig_max_pos };
+    ref_rope_freqs(inv, s->hd, c->rope_theta, c->rope_llama3 ? &l3 : NULL);
+    KC_CHECK(cudaMemcpy(s->inv_freq, inv, (size_t)s->hd / 2 * sizeof(float), cudaMemcpyHostToDevice));
+    free(inv);
+
+    KC_CHECK(cudaMemsetAsync(s->kc, 0, kv_bytes, s->st));
+    KC_CHECK(cudaMemsetAsync(s->gen_count, 0, (size_t)s->max_slots * s->vocab * 4, s->st));
+    KC_CHECK(cudaMemsetAsync(s->seen, 0, (size_t)s->max_slots * s->vocab, s->st));
+    rc = kc_gemm_ctx_init(&s->gemm, err);
+    if (rc) { cu_destroy(e); return rc; }
+    s->graphs = pg_xcalloc((size_t)s->max_slots + 1, sizeof *s->graphs);
+    for (int i = 0; i < s->max_slots; i++) {
+        if (e->slots[i].vocab == 0) continue;
+        if (e->be->slot_reset) { rc = e->be->slot_reset(e, i, err); if (rc) { cu_destroy(e); return rc; } }
+    }
+    KC_CHECK(cudaStreamSynchronize(s->st));
+
+    struct cudaDeviceProp prop;
+    KC_CHECK(cudaGetDeviceProperties(&prop, e->opts.gpu_id));
+    snprintf(e->device_name, sizeof e->device_name, "%.120s", prop.name);
+    e->weight_bytes = s->wbytes;
+    e->kv_bytes = kv_bytes;
+    e->kv_bytes_per_token = (size_t)s->nl * 2 * s->nkv * s->hd * 2;
+    return PG_OK;
+}
+
+static void cu_destroy(engine *e)
+{
+    cu_state *s = e->be_state;
+    if (!s) return;
+    if (s->graphs)
+        for (int i = 0; i <= s->max_slots; i++) if (s->graphs[i]) cudaGraphExecDestroy(s->graphs[i]);
+    free(s->graphs);
+    kc_gemm_ctx_free(s->gemm);
+    cudaFree(s->wbuf);
+    cudaFree(s->abuf);
+    cudaFree(s->kc);
+    if (s->pin) cudaFreeHost(s->pin);
+    if (s->st) cudaStreamDestroy(s->st);
+    free(s->L);
+    free(s->all_logits);
+    free(s);
+    e->be_state = NULL;
+}
+
+/* ---------------------------------------------------------------- sampler state */
+static int cu_slot_reset(engine *e, int slot, pg_err *err)
+{
+    cu_state *s = e->be_state;
+    const sampler_params *p = &e->slots[slot].p;
+    if (p->n_logit_bias > KC_MAX_BIAS)
+        return pg_errf(err, PG_EINVAL, "logit_bias has %d entries; the CUDA sampler holds at most %d",
+                       p->n_logit_bias, KC_MAX_BIAS);
+    kc_sampler_params *h = &s->h_sp[slot];
+    memset(h, 0, sizeof *h);
+    h->temperature = p->temperature; h->top_p = p->top_p; h->min_p = p->min_p;
+    h->rep_pen = p->repetition_penalty; h->pres_pen = p->presence_penalty;
+    h->freq_pen = p->frequency_penalty; h->top_k = p->top_k; h->n_bias = p->n_logit_bias;
+    h->logprobs = p->logprobs; h->top_logprobs = p->top_logprobs;
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        h->bias_ids[i] = p->logit_bias_ids[i];
+        h->bias_vals[i] = p->logit_bias_vals[i];
+    }
+    KC_CHECK(cudaMemcpyAsync(&s->d_sp[slot], h, sizeof *h, cudaMemcpyHostToDevice, s->st));
+    KC_CHECK(cudaMemsetAsync(s->gen_count + (size_t)slot * s->vocab, 0, (size_t)s->vocab * 4, s->st));
+    KC_CHECK(cudaMemsetAsync(s->seen + (size_t)slot * s->vocab, 0, (size_t)s->vocab, s->st));
+    KC_CHECK(cudaStreamSynchronize(s->st));   /* h_sp is reused by the next reset */
+    return PG_OK;
+}
+
+/* ---------------------------------------------------------------- forward */
+static void mm(cu_state *s, const kc_matrix *w, int n, int gemm, const float *x, const kc_bf16 *xb, float *y)
+{
+    if (gemm) k_gemm_bf16(s->gemm, w, xb, n, y, s->st);
+    else k_gemv(w, x, n, y, s->st);
+}
+
+/* All layers and the final norm for n tokens already embedded in s->x.
+ * decode: token i is row i of a batch (positions/slots from d_pos/d_slot);
+ * else: n consecutive tokens of one sequence at pos0.. in slot. */
+static void cu_layers(cu_state *s, int n, int decode, int pos0, int slot)
+{
+    const int gemm = !decode && s->all_bf16 && n >= CU_GEMM_MIN;
+    cudaStream_t st = s->st;
+    for (int l = 0; l < s->nl; l++) {
+        cu_layer *L = &s->L[l];
+        kc_bf16 *kc = s->kc + (size_t)l * s->kv_layer, *vc = s->vc + (size_t)l * s->kv_layer;
+        k_add_rmsnorm(s->x, l ? s->y : NULL, L->attn_norm, s->eps, n, s->dim, s->xn, gemm ? s->xb : NULL, st);
+        mm(s, &L->wqkv, n, gemm, s->xn, s->xb, s->qkv);
+        k_rope_kv_write(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, s->inv_freq, s->sh, kc, vc, st);
+        if (decode)
+            k_attn_decode(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, kc, vc, s->sh, s->part,
+                          s->att, s->q_rows, st);
+        else
+            k_attn_prefill(s->qkv, s->qkv_rows, n, pos0, slot, kc, vc, s->sh, s->att, s->q_rows, st);
+        if (gemm) k_f32_to_bf16(s->att, s->xb, (int64_t)n * s->q_rows, st);
+        mm(s, &L->wo, n, gemm, s->att, s->xb, s->y);
+        k_add_rmsnorm(s->x, s->y, L->ffn_norm, s->eps, n, s->dim, s->xn, gemm ? s->xb : NULL, st);
+        if (gemm) {
+            k_gemm_bf16(s->gemm, &L->w13, s->xb, n, s->gu, st);
+            k_swiglu(s->gu, n, s->hidden, NULL, s->xb, st);
+            k_gemm_bf16(s->gemm, &L->w2, s->xb, n, s->y, st);
+        } else {
+            k_gemv_swiglu(&L->w13, s->xn, n, s->h, st);
+            k_gemv(&L->w2, s->h, n, s->y, st);
+        }
+    }
+    k_add_rmsnorm(s->x, s->y, s->out_norm, s->eps, n, s->dim, s->xn, NULL, st);
+}
+
+static kc_sampler_state cu_sstate(cu_state *s)
+{
+    return (kc_sampler_state){ s->d_sp, s->gen_count, s->seen, s->swork };
+}
+
+/* The decode step for B rows whose inputs are in h_tok/h_pos/h_slot/h_u/h_do. */
+static void cu_decode_body(cu_state *s, int B)
+{
+    cudaStream_t st = s->st;
+    KC_CHECK(cudaMemcpyAsync(s->d_tok, s->h_tok, (size_t)B * 4, cudaMemcpyHostToDevice, st));
+    KC_CHECK(cudaMemcpyAsync(s->d_pos, s->h_pos, (size_t)B * 4, cudaMemcpyHostToDevice, st));
+    KC_CHECK(cudaMemcpyAsync(s->d_slot, s->h_slot, (size_t)B * 4, cudaMemcpyHostToDevice, st));
+    KC_CHECK(cudaMemcpyAsync(s->d_u, s->h_u, (size_t)B * 4, cudaMemcpyHostToDevice, st));
+    KC_CHECK(cudaMemcpyAsync(s->d_do, s->h_do, (size_t)B * 4, cudaMemcpyHostToDevice, st));
+    k_embed(&s->emb, s->d_tok, B, s->x, st);
+    cu_layers(s, B, 1, 0, 0);
+    k_gemv(&s->lm_head, s->xn, B, s->logits, st);
+    k_sample(s->logits, s->vocab, B, s->d_slot, s->d_u, s->d_do, cu_sstate(s), s->d_out, st);
+    KC_CHECK(cudaMemcpyAsync(s->h_out, s->d_out, (size_t)B * sizeof(kc_sample_out),
+                             cudaMemcpyDeviceToHost, st));
+}
+
+/* u for a sampled row: drawn from the slot's host rng (one draw per
+ * non-greedy token), so CPU and GPU share the random stream. */
+static void cu_row_sampling(engine *e, const engine_row *r, float *u, int32_t *flag)
+{
+    *flag = r->sample != 0;
+    *u = 0.f;
+    if (r->sample && e->slots[r->slot].p.temperature > 0.f) *u = sampler_next_uniform(&e->slots[r->slot]);
+}
+
+static int cu_forward_decode(engine *e, const engine_row *rows, int B)
+{
+    cu_state *s = e->be_state;
+    for (int i = 0; i < B; i++) {
+        s->h_tok[i] = rows[i].tokens[0];
+        s->h_pos[i] = rows[i].pos;
+        s->h_slot[i] = rows[i].slot;
+        cu_row_sampling(e, &rows[i], &s->h_u[i], &s->h_do[i]);
+        if (rows[i].count_prompt) {   /* rare: a decode row that belongs to the prompt */
+            KC_CHECK(cudaMemcpyAsync(s->d_tok + s->ch - 1, &s->h_tok[i], 4, cudaMemcpyHostToDevice, s->st));
+            k_mark_seen(s->seen, s->vocab, rows[i].slot, s->d_tok + s->ch - 1, 1, s->st);
+            KC_CHECK(cudaStreamSynchronize(s->st));
+        }
+    }
+    if (!s->use_graphs) { cu_decode_body(s, B); return PG_OK; }
+    if (!s->graphs[B]) {
+        cudaGraph_t g;
+        KC_CHECK(cudaStreamBeginCapture(s->st, cudaStreamCaptureModeThreadLocal));
+        cu_decode_body(s, B);
+        KC_CHECK(cudaStreamEndCapture(s->st, &g));
+        KC_CHECK(cudaGraphInstantiate(&s->graphs[B], g, 0));
+        cudaGraphDestroy(g);
+    }
+    KC_CHECK(cudaGraphLaunch(s->graphs[B], s->st));
+    return PG_OK;
+}
+
+static void cu_keep_logits(engine *e, cu_state *s, int c, int j0)
+{
+    size_t V = (size_t)s->vocab;
+    float *kl = s->logits + (size_t)s->max_slots * V;
+    for (int t = 0; t < c; t += CU_KEEP_ROWS) {
+        int k = c - t < CU_KEEP_ROWS ? c - t : CU_KEEP_ROWS;
+        k_gemv(&s->lm_head, s->xn + (size_t)t * s->dim, k, kl, s->st);
+        KC_CHECK(cudaMemcpyAsync(s->all_logits + (size_t)(j0 + t) * V, kl, (size_t)k * V * 4,
+                                 cudaMemcpyDeviceToHost, s->st));
+        KC_CHECK(cudaStreamSynchronize(s->st));
+    }
+    (void)e;
+}
+
+static int cu_forward_rows(engine *e, const engine_row *rows, int n_rows, pg_err *err)
+{
+    cu_state *s = e->be_state;
+    const size_t V = (size_t)s->vocab;
+    for (int i = 0; i < n_rows; i++) {
+        const engine_row *r = &rows[i];
+        int keep = i == 0 && e->keep_all_logits;
+        if (keep) {
+            size_t need = (size_t)r->n_tokens * V;
+            if (need > s->all_cap) {   /* test/perplexity path only, never in serving */
+                free(s->all_logits);
+                s->all_logits = pg_xmalloc(need * sizeof(float));
+                s->all_cap = need;
+            }
+        }
+        for (int t0 = 0; t0 < r->n_tokens; t0 += s->ch) {
+            int c = r->n_tokens - t0 < s->ch ? r->n_tokens - t0 : s->ch;
+            KC_CHECK(cudaStreamSynchronize(s->st));   /* pinned inputs are reused */
+            for (int j = 0; j < c; j++) {
+                s->h_tok[j] = r->tokens[t0 + j];
+                s->h_pos[j] = r->pos + t0 + j;
+                s->h_slot[j] = r->slot;
+            }
+            KC_CHECK(cudaMemcpyAsync(s->d_tok, s->h_tok, (size_t)c * 4, cudaMemcpyHostToDevice, s->st));
+            KC_CHECK(cudaMemcpyAsync(s->d_pos, s->h_pos, (size_t)c * 4, cudaMemcpyHostToDevice, s->st));
+            KC_CHECK(cudaMemcpyAsync(s->d_slot, s->h_slot, (size_t)c * 4, cudaMemcpyHostToDevice, s->st));
+            if (r->count_prompt) k_mark_seen(s->seen, s->vocab, r->slot, s->d_tok, c, s->st);
+            k_embed(&s->emb, s->d_tok, c, s->x, s->st);
+            cu_layers(s, c, 0, r->pos + t0, r->slot);
+            if (keep) cu_keep_logits(e, s, c, t0);
+            if (t0 + c == r->n_tokens)
+                k_gemv(&s->lm_head, s->xn + (size_t)(c - 1) * s->dim, 1, s->logits + (size_t)i * V, s->st);
+        }
+        if (keep) e->n_all_logits = r->n_tokens;
+    }
+    /* sampling for all rows at once */
+    KC_CHECK(cudaStreamSynchronize(s->st));
+    int any = 0;
+    for (int i = 0; i < n_rows; i++) {
+        s->h_slot[i] = rows[i].slot;
+        cu_row_sampling(e, &rows[i], &s->h_u[i], &s->h_do[i]);
+        any |= rows[i].sample;
+    }
+    if (any) {
+        KC_CHECK(cudaMemcpyAsync(s->d_slot, s->h_slot, (size_t)n_rows * 4, cudaMemcpyHostToDevice, s->st));
+        KC_CHECK(cudaMemcpyAsync(s->d_u, s->h_u, (size_t)n_rows * 4, cudaMemcpyHostToDevice, s->st));
+        KC_CHECK(cudaMemcpyAsync(s->d_do, s->h_do, (size_t)n_rows * 4, cudaMemcpyHostToDevice, s->st));
+        k_sample(s->logits, s->vocab, n_rows, s->d_slot, s->d_u, s->d_do, cu_sstate(s), s->d_out, s->st);
+        KC_CHECK(cudaMemcpyAsync(s->h_out, s->d_out, (size_t)n_rows * sizeof(kc_sample_out),
+                                 cudaMemcpyDeviceToHost, s->st));
+    }
+    (void)err;
+    return PG_OK;
+}
+
+static int cu_forward(engine *e, const engine_row *rows, int n_rows, pg_err *err)
+{
+    int decode = !e->keep_all_logits;
+    for (int i = 0; i < n_rows; i++) decode &= rows[i].n_tokens == 1;
+    if (decode) return cu_forward_decode(e, rows, n_rows);
+    return cu_forward_rows(e, rows, n_rows, err);
+}
+
+static int cu_sample(engine *e, const engine_row *rows, int n_rows, engine_result *res, pg_err *err)
+{
+    cu_state *s = e->be_state;
+    KC_CHECK(cudaStreamSynchronize(s->st));
+    for (int i = 0; i < n_rows; i++) {
+        if (!rows[i].sample) continue;
+        const kc_sample_out *o = &s->h_out[i];
+        engine_result *r = &res[i];
+        r->token = o->token;
+        r->logprob = o->logprob;
+        r->n_top = o->n_top;
+        for (int k = 0; k < o->n_top && k < SAMPLER_MAX_TOP_LOGPROBS; k++) {
+            r->top_ids[k] = o->top_ids[k];
+            r->top_logprobs[k] = o->top_logprobs[k];
+        }
+        int32_t tok = o->token;
+        sampler_slot_observe(&e->slots[rows[i].slot], &tok, 1, 1);
+    }
+    (void)err;
+    return PG_OK;
+}
+
+static int cu_get_logits(engine *e, int row, int j, float *out, pg_err *err)
+{
+    cu_state *s = e->be_state;
+    size_t V = (size_t)s->vocab;
+    if (j >= 0) {
+        memcpy(out, s->all_logits + (size_t)j * V, V * sizeof(float));
+        return PG_OK;
+    }
+    KC_CHECK(cudaStreamSynchronize(s->st));
+    KC_CHECK(cudaMemcpy(out, s->logits + (size_t)row * V, V * sizeof(float), cudaMemcpyDeviceToHost));
+    (void)err;
+    return PG_OK;
+}
+
+const engine_backend engine_backend_cuda = {
+    .name = "cuda",
+    .init = cu_init,
+    .forward = cu_forward,
+    .sample = cu_sample,
+    .get_logits = cu_get_logits,
+    .slot_reset = cu_slot_reset,
+    .destroy = cu_destroy,
+};
+
+#endif

@@ -1,0 +1,377 @@
+/* model/forward_cpu.c — the CPU engine backend (engine_backend_cpu): the
+ * Llama forward pass in f32 over the static KV cache, on the fast CPU kernels
+ * (kernels/kernels.h) split across a persistent thread pool.
+ *
+ * A step's tokens (all rows, in row order) are processed in chunks of at most
+ * CPU_MAX_TOK tokens; each chunk runs through every layer with its matmuls
+ * batched over the chunk's tokens, so a prefill reads each weight once per
+ * chunk and decode of several slots reads it once per step. Only the tokens
+ * whose logits are needed (the last token of every row; every token of row 0
+ * under keep_all_logits) go through the final norm and the LM head.
+ * Everything the forward touches is allocated in cpu_init, except the
+ * keep_all_logits buffer (a test/perplexity path), which grows on demand.
+ */
+#include "engine_internal.h"
+#include "../kernels/kernels.h"
+#include "../kernels/threadpool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define CPU_MAX_TOK 64   /* tokens per chunk: activations stay in L2 */
+#define LM_GROUP 8       /* tokens per LM-head pass */
+
+typedef struct {
+    int row;     /* index into the step's rows */
+    int start;   /* first token index within the chunk */
+    int n;       /* tokens */
+    int pos0;    /* position of the first token */
+} cpu_seg;
+
+typedef struct {
+    pg_pool *pool;
+    int      n_threads;
+    /* shapes */
+    int dim, hd, nh, nkv, q_dim, kv_dim, hidden, vocab, max_seq, max_slots, n_layers;
+    /* KV cache, f32: [layer][slot][kv_head][max_seq][head_dim] */
+    float   *kv_k, *kv_v;
+    size_t   kv_ls;          /* floats per (layer, slot) */
+    float   *inv_freq;       /* [hd/2] (llama3 scaling applied) */
+    /* activations of one chunk */
+    float   *x;              /* [CPU_MAX_TOK][dim] residual stream */
+    float   *xb;             /* [CPU_MAX_TOK][dim] normed input of a block */
+    float   *q, *att;        /* [CPU_MAX_TOK][q_dim] */
+    float   *k, *v;          /* [CPU_MAX_TOK][kv_dim] */
+    float   *tmp;            /* [CPU_MAX_TOK][dim] projection output */
+    float   *hb, *hb2;       /* [CPU_MAX_TOK][hidden] */
+    float   *cs;             /* [CPU_MAX_TOK][hd/2][2] rope cos/sin per token */
+    int     *tok_row;        /* [CPU_MAX_TOK] row of each chunk token */
+    int     *tok_idx;        /* [CPU_MAX_TOK] index of the token within its row */
+    cpu_seg *segs;           /* [CPU_MAX_TOK] */
+    float   *att_scratch;    /* [n_threads][max_seq] */
+    float   *lm_x;           /* [LM_GROUP][dim] */
+    float   *lm_out;         /* [LM_GROUP][vocab] */
+    /* results */
+    float   *logits;         /* [max_slots][vocab]: last token of step row i */
+    float   *all_logits;     /* [all_cap][vocab]: every token of row 0 (keep_all) */
+    int      all_cap;
+    sampler_scratch sc;
+} cpu_state;
+
+/* ---------------------------------------------------------------- parallel jobs */
+enum { JOB_MM, JOB_GATE_UP, JOB_ATTN };
+
+typedef struct {
+    cpu_state      *st;
+    int             kind;
+    const float    *x;       /* JOB_MM / JOB_GATE_UP input [n][cols] */
+    int             n;
+    const tensor   *w[3];    /* JOB_MM: n_w matrices; JOB_GATE_UP: gate, up */
+    float          *y[3];
+    int             n_w;
+    /* JOB_ATTN */
+    const cpu_seg  *segs;
+    int             n_segs;
+    const engine_row *rows;
+    int             layer;
+} cpu_job;
+
+static void job_run(void *arg, int i, int n) {
+    cpu_job *j = arg;
+    cpu_state *st = j->st;
+    switch (j->kind) {
+    case JOB_MM:
+        for (int m = 0; m < j->n_w; m++) {
+            const tensor *w = j->w[m];
+            int64_t lo, hi;
+            pool_split(w->rows, i, n, 16, &lo, &hi);
+            if (lo < hi) cpu_matmul(j->y[m], j->x, j->n, w->data, w->dtype, w->rows, w->cols, lo, hi);
+        }
+        break;
+    case JOB_GATE_UP: {
+        const tensor *g = j->w[0], *u = j->w[1];
+        int64_t lo, hi;
+        pool_split(g->rows, i, n, 16, &lo, &hi);
+        if (lo >= hi) break;
+        cpu_matmul(j->y[0], j->x, j->n, g->data, g->dtype, g->rows, g->cols, lo, hi);
+        cpu_matmul(j->y[1], j->x, j->n, u->data, u->dtype, u->rows, u->cols, lo, hi);
+        for (int t = 0; t < j->n; t++) {
+            float *h = j->y[0] + (size_t)t * g->rows + lo;
+            cpu_silu_mul(h, h, j->y[1] + (size_t)t * g->rows + lo, hi - lo);
+        }
+        break;
+    }
+    case JOB_ATTN: {
+        /* units = (segment, query head) pairs, split contiguously */
+        int64_t lo, hi;
+        pool_split((int64_t)j->n_segs * st->nh, i, n, 1, &lo, &hi);
+        float *scratch = st->att_scratch + (size_t)i * st->max_seq;
+        for (int64_t u = lo; u < hi; u++) {
+            const cpu_seg *s = &j->segs[u / st->nh];
+            int h = (int)(u % st->nh);
+            int slot = j->rows[s->row].slot;
+            size_t base = ((size_t)j->layer * st->max_slots + slot) * st->kv_ls;
+            size_t off = (size_t)s->start * st->q_dim;
+            cpu_attention(st->att + off, st->q + off, st->kv_k + base, st->kv_v + base,
+                          s->n, s->pos0, st->nh, st->nkv, st->hd, st->max_seq, scratch, h, h + 1);
+        }
+        break;
+    }
+    }
+}
+
+static void run_mm(cpu_state *st, const float *x, int n, int n_w, const tensor *w0, float *y0,
+                   const tensor *w1, float *y1, const tensor *w2, float *y2) {
+    cpu_job j = {.st = st, .kind = JOB_MM, .x = x, .n = n, .n_w = n_w,
+                 .w = {w0, w1, w2}, .y = {y0, y1, y2}};
+    pool_run(st->pool, job_run, &j);
+}
+
+/* ---------------------------------------------------------------- init / destroy */
+static int check_tensor(const tensor *t, int matrix, pg_err *err) {
+    if (!t->data)
+        return pg_errf(err, PG_EINVAL, "cpu engine: tensor %s has no host data (weights drawn on a GPU?)",
+                       t->name ? t->name : "?");
+    int ok = t->dtype == PG_F32 || t->dtype == PG_F16 || t->dtype == PG_BF16;
+    if (matrix) ok |= t->dtype == PG_Q8_0 || t->dtype == PG_Q4_0 || t->dtype == PG_Q4_1;
+    if (!ok)
+        return pg_errf(err, PG_EUNSUPPORTED, "cpu engine: tensor %s has dtype %s",
+                       t->name ? t->name : "?", pg_dtype_name(t->dtype));
+    return PG_OK;
+}
+
+static float *alloc_f32(size_t n) { return pg_xcalloc(n ? n : 1, sizeof(float)); }
+
+static void cpu_destroy(engine *e) {
+    cpu_state *st = e->be_state;
+    if (!st) return;
+    pool_free(st->pool);
+    free(st->kv_k); free(st->kv_v); free(st->inv_freq);
+    free(st->x); free(st->xb); free(st->q); free(st->att); free(st->k); free(st->v);
+    free(st->tmp); free(st->hb); free(st->hb2); free(st->cs);
+    free(st->tok_row); free(st->tok_idx); free(st->segs); free(st->att_scratch);
+    free(st->lm_x); free(st->lm_out); free(st->logits); free(st->all_logits);
+    sampler_scratch_free(&st->sc);
+    free(st);
+    e->be_state = NULL;
+}
+
+static int cpu_init(engine *e, pg_err *err) {
+    const model_config *c = &e->cfg;
+    const model_weights *w = &e->m->w;
+    if (e->opts.kv != KV_F32)
+        return pg_errf(err, PG_EUNSUPPORTED, "cpu engine: only the f32 KV cache is implemented");
+    if (e->opts.quant != WQUANT_NONE)
+        return pg_errf(err, PG_EUNSUPPORTED, "cpu engine: weight re-quantization is not implemented; "
+                       "use a quantized GGUF file");
+    if (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0)
+        return pg_errf(err, PG_EINVAL, "cpu engine: bad head config (heads %d, kv heads %d, head_dim %d)",
+                       c->n_heads, c->n_kv_heads, c->head_dim);
+    PG_TRY(check_tensor(&w->tok_embd, 1, err));
+    PG_TRY(check_tensor(&w->out_norm, 0, err));
+    PG_TRY(check_tensor(&w->lm_head, 1, err));
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &w->layers[l];
+        const tensor *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) PG_TRY(check_tensor(mats[i], 1, err));
+        PG_TRY(check_tensor(&L->attn_norm, 0, err));
+        PG_TRY(check_tensor(&L->ffn_norm, 0, err));
+    }
+
+    cpu_state *st = pg_xcalloc(1, sizeof *st);
+    e->be_state = st;
+    st->dim = c->dim; st->hd = c->head_dim; st->nh = c->n_heads; st->nkv = c->n_kv_heads;
+    st->q_dim = c->n_heads * c->head_dim; st->kv_dim = c->n_kv_heads * c->head_dim;
+    st->hidden = c->hidden_dim; st->vocab = c->vocab_size; st->n_layers = c->n_layers;
+    st->max_seq = e->opts.max_seq_len; st->max_slots = e->opts.max_slots;
+    st->n_threads = e->opts.n_threads;
+
+    int rc = pool_create(st->n_threads, &st->pool, err);
+    if (rc != PG_OK) { cpu_destroy(e); return rc; }
+
+    /* KV cache: calloc so untouched positions cost no physical memory */
+    size_t kv_ls = (size_t)st->nkv * st->max_seq * st->hd, n_kv, bytes;
+    if (pg_mul_overflow(kv_ls, (size_t)st->n_layers * st->max_slots, &n_kv) ||
+        pg_mul_overflow(n_kv, 2 * sizeof(float), &bytes)) {
+        cpu_destroy(e);
+        return pg_errf(err, PG_ENOMEM, "cpu engine: KV cache size overflows");
+    }
+    st->kv_ls = kv_ls;
+    st->kv_k = calloc(n_kv, sizeof(float));
+    st->kv_v = calloc(n_kv, sizeof(float));
+    if (!st->kv_k || !st->kv_v) {
+        cpu_destroy(e);
+        return pg_errf(err, PG_ENOMEM, "cpu engine: cannot allocate the KV cache: %zu MiB "
+                       "(%d layers x %d slots x %d positions x %d kv heads x %d x f32 x 2)",
+                       bytes >> 20, st->n_layers, st->max_slots, st->max_seq, st->nkv, st->hd);
+    }
+
+    st->inv_freq = alloc_f32((size_t)st->hd / 2);
+    ref_rope_llama3 l3 = {c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                          c->rope_orig_max_pos};
+    ref_rope_freqs(st->inv_freq, st->hd, c->rope_theta, c->rope_llama3 ? &l3 : NULL);
+
+    size_t T = CPU_MAX_TOK;
+    st->x = alloc_f32(T * st->dim);
+    st->xb = alloc_f32(T * st->dim);
+    st->q = alloc_f32(T * st->q_dim);
+    st->att = alloc_f32(T * st->q_dim);
+    st->k = alloc_f32(T * st->kv_dim);
+    st->v = alloc_f32(T * st->kv_dim);
+    st->tmp = alloc_f32(T * st->dim);
+    st->hb = alloc_f32(T * st->hidden);
+    st->hb2 = alloc_f32(T * st->hidden);
+    st->cs = alloc_f32(T * st->hd);
+    st->tok_row = pg_xcalloc(T, sizeof *st->tok_row);
+    st->tok_idx = pg_xcalloc(T, sizeof *st->tok_idx);
+    st->segs = pg_xcalloc(T, sizeof *st->segs);
+    st->att_scratch = alloc_f32((size_t)st->n_threads * st->max_seq);
+    st->lm_x = alloc_f32((size_t)LM_GROUP * st->dim);
+    st->lm_out = alloc_f32((size_t)LM_GROUP * st->vocab);
+    st->logits = alloc_f32((size_t)st->max_slots * st->vocab);
+    sampler_scratch_init(&st->sc, st->vocab);
+
+    snprintf(e->device_name, sizeof e->device_name, "cpu (%d threads, %s)", st->n_threads,
+             cpu_isa_name(cpu_isa_best()));
+    e->weight_bytes = model_weight_bytes(e->m);
+    e->kv_bytes = bytes;
+    e->kv_bytes_per_token = (size_t)st->n_layers * st->kv_dim * 2 * sizeof(float);
+    return PG_OK;
+}
+
+/* ---------------------------------------------------------------- forward */
+/* LM head for the gathered tokens lm_x[0..n): logits to their destinations. */
+static void lm_flush(engine *e, cpu_state *st, const int *dst_row, const int *dst_j, int n) {
+    const model_weights *w = &e->m->w;
+    run_mm(st, st->lm_x, n, 1, &w->lm_head, st->lm_out, NULL, NULL, NULL, NULL);
+    size_t vb = (size_t)st->vocab * sizeof(float);
+    for (int t = 0; t < n; t++) {
+        const float *src = st->lm_out + (size_t)t * st->vocab;
+        if (dst_row[t] >= 0) memcpy(st->logits + (size_t)dst_row[t] * st->vocab, src, vb);
+        if (dst_j[t] >= 0) memcpy(st->all_logits + (size_t)dst_j[t] * st->vocab, src, vb);
+    }
+}
+
+/* Run the n chunk tokens named by st->tok_row / st->tok_idx through the model. */
+static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int n) {
+    const model_config *c = &e->cfg;
+    const model_weights *w = &e->m->w;
+    int dim = st->dim;
+
+    /* segments of consecutive tokens of one row */
+    int n_segs = 0;
+    for (int t = 0; t < n; t++) {
+        int r = st->tok_row[t];
+        if (n_segs == 0 || st->segs[n_segs - 1].row != r) {
+            st->segs[n_segs] = (cpu_seg){.row = r, .start = t, .n = 0,
+                                         .pos0 = rows[r].pos + st->tok_idx[t]};
+            n_segs++;
+        }
+        st->segs[n_segs - 1].n++;
+    }
+    for (int t = 0; t < n; t++) {
+        const engine_row *r = &rows[st->tok_row[t]];
+        int32_t id = r->tokens[st->tok_idx[t]];
+        ref_embed(st->x + (size_t)t * dim, w->tok_embd.data, w->tok_embd.dtype, dim, id);
+        cpu_rope_cs(st->cs + (size_t)t * st->hd, st->hd, r->pos + st->tok_idx[t], st->inv_freq);
+    }
+
+    for (int l = 0; l < st->n_layers; l++) {
+        const layer_weights *L = &w->layers[l];
+        /* attention block */
+        cpu_rmsnorm(st->xb, st->x, L->attn_norm.data, L->attn_norm.dtype, n, dim, c->norm_eps);
+        run_mm(st, st->xb, n, 3, &L->wq, st->q, &L->wk, st->k, &L->wv, st->v);
+        for (int t = 0; t < n; t++) {
+            const engine_row *r = &rows[st->tok_row[t]];
+            int pos = r->pos + st->tok_idx[t];
+            const float *cs = st->cs + (size_t)t * st->hd;
+            float *kt = st->k + (size_t)t * st->kv_dim, *vt = st->v + (size_t)t * st->kv_dim;
+            cpu_rope(st->q + (size_t)t * st->q_dim, st->nh, st->hd, cs, c->rope_interleaved);
+            cpu_rope(kt, st->nkv, st->hd, cs, c->rope_interleaved);
+            size_t base = ((size_t)l * st->max_slots + r->slot) * st->kv_ls;
+            for (int h = 0; h < st->nkv; h++) {
+                size_t off = base + ((size_t)h * st->max_seq + pos) * st->hd;
+                memcpy(st->kv_k + off, kt + (size_t)h * st->hd, (size_t)st->hd * sizeof(float));
+                memcpy(st->kv_v + off, vt + (size_t)h * st->hd, (size_t)st->hd * sizeof(float));
+            }
+        }
+        cpu_job ja = {.st = st, .kind = JOB_ATTN, .segs = st->segs, .n_segs = n_segs,
+                      .rows = rows, .layer = l};
+        pool_run(st->pool, job_run, &ja);
+        run_mm(st, st->att, n, 1, &L->wo, st->tmp, NULL, NULL, NULL, NULL);
+        for (size_t i = 0; i < (size_t)n * dim; i++) st->x[i] += st->tmp[i];
+        /* MLP block */
+        cpu_rmsnorm(st->xb, st->x, L->ffn_norm.data, L->ffn_norm.dtype, n, dim, c->norm_eps);
+        cpu_job jg = {.st = st, .kind = JOB_GATE_UP, .x = st->xb, .n = n,
+                      .w = {&L->w_gate, &L->w_up, NULL}, .y = {st->hb, st->hb2, NULL}};
+        pool_run(st->pool, job_run, &jg);
+        run_mm(st, st->hb, n, 1, &L->w_down, st->tmp, NULL, NULL, NULL, NULL);
+        for (size_t i = 0; i < (size_t)n * dim; i++) st->x[i] += st->tmp[i];
+    }
+
+    /* final norm + LM head for the tokens whose logits are wanted */
+    int dst_row[LM_GROUP], dst_j[LM_GROUP], g = 0;
+    for (int t = 0; t < n; t++) {
+        int r = st->tok_row[t], j = st->tok_idx[t];
+        int last = j == rows[r].n_tokens - 1;
+        int keep = e->keep_all_logits && r == 0;
+        if (!last && !keep) continue;
+        cpu_rmsnorm(st->lm_x + (size_t)g * dim, st->x + (size_t)t * dim, w->out_norm.data,
+                    w->out_norm.dtype, 1, dim, c->norm_eps);
+        dst_row[g] = last ? r : -1;
+        dst_j[g] = keep ? j : -1;
+        if (++g == LM_GROUP) { lm_flush(e, st, dst_row, dst_j, g); g = 0; }
+    }
+    if (g > 0) lm_flush(e, st, dst_row, dst_j, g);
+}
+
+static int cpu_forward(engine *e, const engine_row *rows, int n_rows, pg_err *err) {
+    cpu_state *st = e->be_state;
+    if (e->keep_all_logits && rows[0].n_tokens > st->all_cap) {
+        float *p = realloc(st->all_logits, (size_t)rows[0].n_tokens * st->vocab * sizeof(float));
+        if (!p) return pg_errf(err, PG_ENOMEM, "cpu engine: no memory for %d x %d kept logits",
+                               rows[0].n_tokens, st->vocab);
+        st->all_logits = p;
+        st->all_cap = rows[0].n_tokens;
+    }
+    int n = 0;
+    for (int r = 0; r < n_rows; r++) {
+        for (int j = 0; j < rows[r].n_tokens; j++) {
+            st->tok_row[n] = r;
+            st->tok_idx[n] = j;
+            if (++n == CPU_MAX_TOK) { forward_chunk(e, st, rows, n); n = 0; }
+        }
+    }
+    if (n > 0) forward_chunk(e, st, rows, n);
+    e->n_all_logits = e->keep_all_logits ? rows[0].n_tokens : 0;
+    return PG_OK;
+}
+
+/* ---------------------------------------------------------------- sample / logits */
+static int cpu_sample(engine *e, const engine_row *rows, int n_rows, engine_result *res,
+                      pg_err *err) {
+    cpu_state *st = e->be_state;
+    for (int i = 0; i < n_rows; i++) {
+        if (!rows[i].sample) continue;
+        sampler_sample(&e->slots[rows[i].slot], st->logits + (size_t)i * st->vocab, &st->sc, &res[i]);
+    }
+    return PG_OK;
+}
+
+static int cpu_get_logits(engine *e, int row, int j, float *out, pg_err *err) {
+    cpu_state *st = e->be_state;
+    const float *src = j < 0 ? st->logits + (size_t)row * st->vocab
+                             : st->all_logits + (size_t)j * st->vocab;
+    memcpy(out, src, (size_t)st->vocab * sizeof(float));
+    return PG_OK;
+}
+
+const engine_backend engine_backend_cpu = {
+    .name = "cpu",
+    .init = cpu_init,
+    .forward = cpu_forward,
+    .sample = cpu_sample,
+    .get_logits = cpu_get_logits,
+    .slot_reset = NULL,
+    .destroy = cpu_destroy,
+};
