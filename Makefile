@@ -124,8 +124,8 @@ test-py: $(BIN)
 	PEREGRINE_BIN=$(abspath $(BIN)) ASAN_OPTIONS=protect_shadow_gap=0 $(PYTHON) -m pytest -q tests/
 
 # GPU suites (run on a GPU machine: scripts/gpu-check.sh).
-test-gpu: all
-	PEREGRINE_GPU_TESTS=1 $(MAKE) --no-print-directory test-c
+test-gpu:
+	bash scripts/gpu-check.sh
 
 bench: $(BIN)
 	$(BIN) bench --model default

@@ -102,7 +102,12 @@ const char *cpu_isa_name(cpu_isa isa);   /* "scalar", "avx2", "avx512" */
 
 /* ref_matmul restricted to output rows [r0, r1): y[t][r] for t < n,
  * r0 <= r < r1 (y keeps its full row stride `rows`). Every dtype. The result
- * for token t does not depend on n (the tile of tokens it is computed with). */
+ * for token t does not depend on n (the tile of tokens it is computed with),
+ * so a prompt prefilled in chunks gives bitwise the same numbers as one token
+ * at a time. Plain dtypes and the AVX2 path dequantize each weight exactly and
+ * FMA it; the AVX-512 path for Q8_0/Q4_0/Q4_1 factors the block scale out of
+ * the block's sum (d * sum(q x) + m * sum(x)), the same math with f32
+ * rounding in a different place (<= 1e-6 relative in the tests). */
 void cpu_matmul(float *y, const float *x, int n, const void *w, pg_dtype wt,
                 int64_t rows, int64_t cols, int64_t r0, int64_t r1);
 /* cpu_matmul on a given path (must be available). */

@@ -1,12 +1,20 @@
 /* kernels/ref_fast.c — vectorised CPU kernels (cpu_* in kernels.h).
  *
- * Matmul strategy: decode is bound by reading the weights, so each weight
- * block (32 elements) is dequantized once into vector registers with the exact
- * reference formula and FMA'd against a tile of up to 4 token vectors.
- * Every token keeps 4 independent accumulator chains (to hide FMA latency)
- * that are combined in a fixed order at the end of the row, so a token's
- * result is bitwise the same whatever tile (n) it was computed in: a prompt
- * prefilled in chunks gives the same numbers as one token at a time.
+ * Matmul strategy: each weight block (32 elements) is decoded once into
+ * vector registers and FMA'd against a tile of up to 4 token vectors, so a
+ * prefill chunk reads each weight row once. Plain dtypes (and the AVX2 path)
+ * dequantize with the exact reference formula; the AVX-512 path for quantized
+ * blocks factors the scale out of the block sum (see qtile_512), which cuts
+ * the vector instructions per block by about a third — on a 2-core machine
+ * decode is bound by those instructions about as much as by memory.
+ * Each token's partial sums run in fixed chains combined in a fixed order at
+ * the end of the row, so a token's result is bitwise the same whatever tile
+ * (n) it was computed in: a prompt prefilled in chunks gives the same numbers
+ * as one token at a time.
+ *
+ * Measured on the 2-core AVX-512 development machine (one core, 96 MB of
+ * weights, cpu time): Q4_1 ~7 GB/s, Q8_0 ~12.7 GB/s of weights per core;
+ * AVX2 path Q4_1 ~3.3 GB/s. Memory reads ~17-21 GB/s.
  */
 #include "kernels.h"
 
@@ -17,7 +25,8 @@
 #endif
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
-#define TILE 4   /* tokens per weight pass */
+#define TILE 4   /* tokens per weight pass; loops over a tile are fully unrolled
+                    * (GCC unroll pragmas) so the accumulators stay in registers */
 
 /* Block scales are f16; the conversion is exact either way, F16C is one instruction. */
 static inline float ld_f16(const uint8_t *p) {
@@ -130,18 +139,21 @@ static inline float hsum256(__m256 v) {
 ALWAYS_INLINE void tile_avx2(const int wt, const int NT, const uint8_t *wrow, const float *x,
                              int64_t cols, float *out) {
     __m256 acc[TILE][4];
+    _Pragma("GCC unroll 4")
     for (int t = 0; t < NT; t++)
         for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
     int64_t nb = cols / 32;
     for (int64_t b = 0; b < nb; b++) {
         __m256 v[4];
         blk_avx2(wt, wrow, b, v);
+        _Pragma("GCC unroll 4")
         for (int t = 0; t < NT; t++) {
             const float *xt = x + (size_t)t * cols + b * 32;
             for (int i = 0; i < 4; i++)
                 acc[t][i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xt + 8 * i), acc[t][i]);
         }
     }
+    _Pragma("GCC unroll 4")
     for (int t = 0; t < NT; t++) {
         __m256 s = _mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]),
                                  _mm256_add_ps(acc[t][2], acc[t][3]));
@@ -232,6 +244,7 @@ ALWAYS_INLINE void tile_512(const int wt, const int NT, const uint8_t *wrow, con
                             int64_t cols, float *out) {
     /* chains 0,1 take even blocks, 2,3 odd blocks */
     __m512 acc[TILE][4];
+    _Pragma("GCC unroll 4")
     for (int t = 0; t < NT; t++)
         for (int i = 0; i < 4; i++) acc[t][i] = _mm512_setzero_ps();
     int64_t nb = cols / 32, b = 0;
@@ -239,6 +252,7 @@ ALWAYS_INLINE void tile_512(const int wt, const int NT, const uint8_t *wrow, con
         __m512 v0, v1, v2, v3;
         blk_512(wt, wrow, b, &v0, &v1);
         blk_512(wt, wrow, b + 1, &v2, &v3);
+        _Pragma("GCC unroll 4")
         for (int t = 0; t < NT; t++) {
             const float *xt = x + (size_t)t * cols + b * 32;
             acc[t][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xt), acc[t][0]);
@@ -250,12 +264,14 @@ ALWAYS_INLINE void tile_512(const int wt, const int NT, const uint8_t *wrow, con
     if (b < nb) {
         __m512 v0, v1;
         blk_512(wt, wrow, b, &v0, &v1);
+        _Pragma("GCC unroll 4")
         for (int t = 0; t < NT; t++) {
             const float *xt = x + (size_t)t * cols + b * 32;
             acc[t][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xt), acc[t][0]);
             acc[t][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xt + 16), acc[t][1]);
         }
     }
+    _Pragma("GCC unroll 4")
     for (int t = 0; t < NT; t++) {
         __m512 s = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
                                  _mm512_add_ps(acc[t][2], acc[t][3]));
@@ -283,15 +299,159 @@ ALWAYS_INLINE void rows_512(const int wt, float *y, const float *x, int n,
     }
 }
 
+/* Quantized blocks, factored: the block's scale comes out of the sum,
+ *   sum_j x_j (d q_j + m) = d * sum_j x_j q_j + m * S_b,   S_b = sum_j x_j,
+ * which saves the per-element dequantization multiply/add (decode is bound by
+ * these vector instructions on a 2-core machine as much as by memory). The
+ * products are the reference's up to f32 rounding of the reordered sums.
+ * spair[t][b] = {0, S_b} of token t, so one 128-bit FMA with {d, m, 0, 0}
+ * accumulates m * S_b in lane 1. */
+#define QF_MAX_FLOATS 8192   /* stack budget for spair: n * (cols/32) * 2 floats */
+
+/* Decode quantized block b: codes as floats (f0: elements 0..15, f1: 16..31),
+ * the scale d broadcast, and {d, m, 0, 0} for Q4_1's m * S_b term. */
+ALWAYS_INLINE void qblk_512(const int wt, const uint8_t *wrow, int64_t b, __m512 *d, __m512 *f0,
+                            __m512 *f1, __m128 *dm) {
+    const size_t bb = wt == PG_Q8_0 ? 34 : wt == PG_Q4_1 ? 20 : 18;   /* constant per instance */
+    const uint8_t *p = wrow + (size_t)b * bb;
+    if (wt == PG_Q8_0) {
+        *d = _mm512_set1_ps(ld_f16(p));
+        *f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
+        *f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
+        return;
+    }
+    const int q41 = wt == PG_Q4_1;
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + (q41 ? 4 : 2))));
+    __m512i lo = _mm512_and_si512(q, _mm512_set1_epi32(15)), hi = _mm512_srli_epi32(q, 4);
+    if (q41) {
+        int32_t dmbits;
+        memcpy(&dmbits, p, 4);
+        *dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dmbits));   /* {d, m, 0, 0} */
+        *d = _mm512_broadcastss_ps(*dm);
+    } else {
+        __m512i eight = _mm512_set1_epi32(8);
+        lo = _mm512_sub_epi32(lo, eight);
+        hi = _mm512_sub_epi32(hi, eight);
+        *d = _mm512_set1_ps(ld_f16(p));
+    }
+    *f0 = _mm512_cvtepi32_ps(lo);
+    *f1 = _mm512_cvtepi32_ps(hi);
+}
+
+ALWAYS_INLINE __m512 qdot_512(__m512 acc, __m512 d, __m512 f0, __m512 f1, const float *xb) {
+    __m512 sx = _mm512_mul_ps(f0, _mm512_loadu_ps(xb));
+    sx = _mm512_fmadd_ps(f1, _mm512_loadu_ps(xb + 16), sx);
+    return _mm512_fmadd_ps(d, sx, acc);
+}
+
+ALWAYS_INLINE void qtile_512(const int wt, const int NT, const uint8_t *wrow, const float *x,
+                             int64_t cols, const float *spair, float *out) {
+    /* chain 0 takes even blocks, chain 1 odd blocks (two FMA chains in flight) */
+    __m512 acc0[TILE], acc1[TILE];
+    __m128 accm[TILE];
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < NT; t++) {
+        acc0[t] = acc1[t] = _mm512_setzero_ps();
+        accm[t] = _mm_setzero_ps();
+    }
+    const int64_t nb = cols / 32;
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        __m512 d0, a0, c0, d1, a1, c1;
+        __m128 dm0 = _mm_setzero_ps(), dm1 = _mm_setzero_ps();
+        qblk_512(wt, wrow, b, &d0, &a0, &c0, &dm0);
+        qblk_512(wt, wrow, b + 1, &d1, &a1, &c1, &dm1);
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < NT; t++) {
+            const float *xb = x + (size_t)t * cols + b * 32;
+            acc0[t] = qdot_512(acc0[t], d0, a0, c0, xb);
+            acc1[t] = qdot_512(acc1[t], d1, a1, c1, xb + 32);
+            if (wt == PG_Q4_1) {
+                const float *sp = spair + ((size_t)t * nb + b) * 2;
+                accm[t] = _mm_fmadd_ps(dm0, _mm_castpd_ps(_mm_load_sd((const double *)sp)), accm[t]);
+                accm[t] = _mm_fmadd_ps(dm1, _mm_castpd_ps(_mm_load_sd((const double *)(sp + 2))), accm[t]);
+            }
+        }
+    }
+    if (b < nb) {
+        __m512 d0, a0, c0;
+        __m128 dm0 = _mm_setzero_ps();
+        qblk_512(wt, wrow, b, &d0, &a0, &c0, &dm0);
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < NT; t++) {
+            acc0[t] = qdot_512(acc0[t], d0, a0, c0, x + (size_t)t * cols + b * 32);
+            if (wt == PG_Q4_1) {
+                const float *sp = spair + ((size_t)t * nb + b) * 2;
+                accm[t] = _mm_fmadd_ps(dm0, _mm_castpd_ps(_mm_load_sd((const double *)sp)), accm[t]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < NT; t++) {
+        float r = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+        if (wt == PG_Q4_1) r += _mm_cvtss_f32(_mm_movehdup_ps(accm[t]));
+        out[t] = r;
+    }
+}
+
+ALWAYS_INLINE void qrows_512(const int wt, float *y, const float *x, int n,
+                             const void *w, int64_t rows, int64_t cols, int64_t r0, int64_t r1) {
+    size_t rb = pg_dtype_row_bytes(wt, cols);
+    const int64_t nb = cols / 32;
+    float spair[QF_MAX_FLOATS] __attribute__((aligned(64)));
+    float o[TILE];
+    /* token groups whose block sums fit the stack buffer (a multiple of TILE) */
+    int group = (int)(QF_MAX_FLOATS / (2 * nb)) / TILE * TILE;
+    PG_ASSERT(group >= TILE);
+    for (int g0 = 0; g0 < n; g0 += group) {
+        int gn = n - g0 < group ? n - g0 : group;
+        const float *xg = x + (size_t)g0 * cols;
+        if (wt == PG_Q4_1)
+            for (int t = 0; t < gn; t++)
+                for (int64_t b = 0; b < nb; b++) {
+                    const float *xb = xg + (size_t)t * cols + b * 32;
+                    __m512 s = _mm512_add_ps(_mm512_loadu_ps(xb), _mm512_loadu_ps(xb + 16));
+                    spair[(t * nb + b) * 2] = 0.0f;
+                    spair[(t * nb + b) * 2 + 1] = _mm512_reduce_add_ps(s);
+                }
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *wrow = (const uint8_t *)w + (size_t)r * rb;
+            for (int t0 = 0; t0 < gn; t0 += TILE) {
+                int nt = gn - t0 < TILE ? gn - t0 : TILE;
+                const float *xt = xg + (size_t)t0 * cols;
+                const float *sp = spair + (size_t)t0 * nb * 2;
+                switch (nt) {
+                case 1: qtile_512(wt, 1, wrow, xt, cols, sp, o); break;
+                case 2: qtile_512(wt, 2, wrow, xt, cols, sp, o); break;
+                case 3: qtile_512(wt, 3, wrow, xt, cols, sp, o); break;
+                default: qtile_512(wt, 4, wrow, xt, cols, sp, o); break;
+                }
+                for (int t = 0; t < nt; t++) y[(size_t)(g0 + t0 + t) * rows + r] = o[t];
+            }
+        }
+    }
+}
+
 static void mm_512(float *y, const float *x, int n, const void *w, pg_dtype wt,
                    int64_t rows, int64_t cols, int64_t r0, int64_t r1) {
+    /* the factored path needs the block sums on the stack: up to 1024 blocks */
+    int fact = cols / 32 <= QF_MAX_FLOATS / (2 * TILE);
     switch (wt) {
     case PG_F32:  rows_512(PG_F32, y, x, n, w, rows, cols, r0, r1); break;
     case PG_F16:  rows_512(PG_F16, y, x, n, w, rows, cols, r0, r1); break;
     case PG_BF16: rows_512(PG_BF16, y, x, n, w, rows, cols, r0, r1); break;
-    case PG_Q8_0: rows_512(PG_Q8_0, y, x, n, w, rows, cols, r0, r1); break;
-    case PG_Q4_0: rows_512(PG_Q4_0, y, x, n, w, rows, cols, r0, r1); break;
-    case PG_Q4_1: rows_512(PG_Q4_1, y, x, n, w, rows, cols, r0, r1); break;
+    case PG_Q8_0:
+        if (fact) qrows_512(PG_Q8_0, y, x, n, w, rows, cols, r0, r1);
+        else rows_512(PG_Q8_0, y, x, n, w, rows, cols, r0, r1);
+        break;
+    case PG_Q4_0:
+        if (fact) qrows_512(PG_Q4_0, y, x, n, w, rows, cols, r0, r1);
+        else rows_512(PG_Q4_0, y, x, n, w, rows, cols, r0, r1);
+        break;
+    case PG_Q4_1:
+        if (fact) qrows_512(PG_Q4_1, y, x, n, w, rows, cols, r0, r1);
+        else rows_512(PG_Q4_1, y, x, n, w, rows, cols, r0, r1);
+        break;
     default: PG_DIE("cpu_matmul: unsupported dtype %s", pg_dtype_name(wt));
     }
 }

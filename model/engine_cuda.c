@@ -17,6 +17,14 @@
  * embedding, all layers, final norm, LM head, sampling, output copy — is
  * captured once per batch size into a CUDA graph and replayed; with
  * use_graphs=0 the same launches run eagerly (bit-identical results).
+ * Kernels are chained with programmatic dependent launch on Hopper (see
+ * kernels/cuda/kc_util.cuh; PEREGRINE_NO_PDL=1 turns it off): each starts
+ * while its predecessor drains, the matrix-vector kernels with their first
+ * weight loads already in flight.
+ * Float weights are converted to bf16 at load time; Q8_0/Q4_0/Q4_1 stay
+ * quantized (dequantized in the matrix-vector kernels; a quantized model's
+ * prefill also uses them, 8 tokens per weight pass). The KV cache is bf16
+ * whatever opts.kv says (KV_INT8 is refused).
  * Prefill runs eagerly, one row at a time, in chunks of CU_CHUNK tokens;
  * chunks of >= CU_GEMM_MIN tokens with bf16 weights use cuBLASLt, the rest
  * the matrix-vector kernels (8 tokens per weight pass).
@@ -301,7 +309,8 @@ static int cu_init(engine *e, pg_err *err)
                            l, pg_dtype_name(lw->w_gate.dtype), pg_dtype_name(lw->w_up.dtype));
     }
     int G = c->n_heads / c->n_kv_heads;
-    if (G > 8 || G * c->head_dim > 1024 || c->head_dim % 8 || c->head_dim > 256 || 32 % (c->head_dim / 8))
+    if (G > 8 || G * c->head_dim > 1024 || c->head_dim < 16 || c->head_dim > 256 ||
+        (c->head_dim & (c->head_dim - 1)))
         return pg_errf(err, PG_EUNSUPPORTED, "cuda: attention shape (head_dim %d, %d query heads per kv head) not supported",
                        c->head_dim, G);
     if (c->dim % 32 || c->hidden_dim % 32)
@@ -379,6 +388,7 @@ static int cu_init(engine *e, pg_err *err)
     free(inv);
 
     KC_CHECK(cudaMemsetAsync(s->kc, 0, kv_bytes, s->st));
+    KC_CHECK(cudaMemsetAsync(s->abuf, 0, ca.off, s->st));   /* attention counters start at 0 */
     KC_CHECK(cudaMemsetAsync(s->gen_count, 0, (size_t)s->max_slots * s->vocab * 4, s->st));
     KC_CHECK(cudaMemsetAsync(s->seen, 0, (size_t)s->max_slots * s->vocab, s->st));
     rc = kc_gemm_ctx_init(&s->gemm, err);

@@ -33,9 +33,12 @@ typedef struct {
     int      n_threads;
     /* shapes */
     int dim, hd, nh, nkv, q_dim, kv_dim, hidden, vocab, max_seq, max_slots, n_layers;
-    /* KV cache, f32: [layer][slot][kv_head][max_seq][head_dim] */
+    /* KV cache, f32: [layer][slot][kv_head][max_seq][head_dim]. A bf16 or
+     * int8 cache keeps this index order (engine_opts.kv picks the element
+     * type; int8 adds a scale array [layer][slot][kv_head][max_seq]), so
+     * only the KV write and cpu_attention's loads change. */
     float   *kv_k, *kv_v;
-    size_t   kv_ls;          /* floats per (layer, slot) */
+    size_t   kv_ls;          /* elements per (layer, slot) */
     float   *inv_freq;       /* [hd/2] (llama3 scaling applied) */
     /* activations of one chunk */
     float   *x;              /* [CPU_MAX_TOK][dim] residual stream */
@@ -59,6 +62,9 @@ typedef struct {
 } cpu_state;
 
 /* ---------------------------------------------------------------- parallel jobs */
+/* Work is cut into chunks that the pool's threads claim dynamically:
+ * matmuls by blocks of output rows (about 8 chunks per thread, so a thread
+ * the OS deschedules holds up little), attention by (segment, query head). */
 enum { JOB_MM, JOB_GATE_UP, JOB_ATTN };
 
 typedef struct {
@@ -69,6 +75,8 @@ typedef struct {
     const tensor   *w[3];    /* JOB_MM: n_w matrices; JOB_GATE_UP: gate, up */
     float          *y[3];
     int             n_w;
+    int64_t         chunk_rows[3];  /* rows per chunk of each matrix */
+    int             first[4];       /* first chunk of each matrix; first[n_w] = total */
     /* JOB_ATTN */
     const cpu_seg  *segs;
     int             n_segs;
@@ -76,23 +84,39 @@ typedef struct {
     int             layer;
 } cpu_job;
 
-static void job_run(void *arg, int i, int n) {
+static int64_t rows_per_chunk(int64_t rows, int n_threads) {
+    int64_t r = (rows + 8 * n_threads - 1) / (8 * n_threads);
+    r = (r + 15) / 16 * 16;
+    return r < 16 ? 16 : r;
+}
+
+/* Fill chunk_rows/first for the job's matrices; returns the chunk count. */
+static int plan_chunks(cpu_job *j, int n_threads) {
+    j->first[0] = 0;
+    for (int m = 0; m < j->n_w; m++) {
+        j->chunk_rows[m] = rows_per_chunk(j->w[m]->rows, n_threads);
+        j->first[m + 1] = j->first[m] + (int)((j->w[m]->rows + j->chunk_rows[m] - 1) / j->chunk_rows[m]);
+    }
+    return j->first[j->n_w];
+}
+
+static void job_run(void *arg, int c, int tid) {
     cpu_job *j = arg;
     cpu_state *st = j->st;
     switch (j->kind) {
-    case JOB_MM:
-        for (int m = 0; m < j->n_w; m++) {
-            const tensor *w = j->w[m];
-            int64_t lo, hi;
-            pool_split(w->rows, i, n, 16, &lo, &hi);
-            if (lo < hi) cpu_matmul(j->y[m], j->x, j->n, w->data, w->dtype, w->rows, w->cols, lo, hi);
-        }
+    case JOB_MM: {
+        int m = 0;
+        while (c >= j->first[m + 1]) m++;
+        const tensor *w = j->w[m];
+        int64_t lo = (c - j->first[m]) * j->chunk_rows[m], hi = lo + j->chunk_rows[m];
+        if (hi > w->rows) hi = w->rows;
+        cpu_matmul(j->y[m], j->x, j->n, w->data, w->dtype, w->rows, w->cols, lo, hi);
         break;
+    }
     case JOB_GATE_UP: {
         const tensor *g = j->w[0], *u = j->w[1];
-        int64_t lo, hi;
-        pool_split(g->rows, i, n, 16, &lo, &hi);
-        if (lo >= hi) break;
+        int64_t lo = c * j->chunk_rows[0], hi = lo + j->chunk_rows[0];
+        if (hi > g->rows) hi = g->rows;
         cpu_matmul(j->y[0], j->x, j->n, g->data, g->dtype, g->rows, g->cols, lo, hi);
         cpu_matmul(j->y[1], j->x, j->n, u->data, u->dtype, u->rows, u->cols, lo, hi);
         for (int t = 0; t < j->n; t++) {
@@ -102,19 +126,14 @@ static void job_run(void *arg, int i, int n) {
         break;
     }
     case JOB_ATTN: {
-        /* units = (segment, query head) pairs, split contiguously */
-        int64_t lo, hi;
-        pool_split((int64_t)j->n_segs * st->nh, i, n, 1, &lo, &hi);
-        float *scratch = st->att_scratch + (size_t)i * st->max_seq;
-        for (int64_t u = lo; u < hi; u++) {
-            const cpu_seg *s = &j->segs[u / st->nh];
-            int h = (int)(u % st->nh);
-            int slot = j->rows[s->row].slot;
-            size_t base = ((size_t)j->layer * st->max_slots + slot) * st->kv_ls;
-            size_t off = (size_t)s->start * st->q_dim;
-            cpu_attention(st->att + off, st->q + off, st->kv_k + base, st->kv_v + base,
-                          s->n, s->pos0, st->nh, st->nkv, st->hd, st->max_seq, scratch, h, h + 1);
-        }
+        const cpu_seg *s = &j->segs[c / st->nh];
+        int h = c % st->nh;
+        int slot = j->rows[s->row].slot;
+        size_t base = ((size_t)j->layer * st->max_slots + slot) * st->kv_ls;
+        size_t off = (size_t)s->start * st->q_dim;
+        cpu_attention(st->att + off, st->q + off, st->kv_k + base, st->kv_v + base, s->n, s->pos0,
+                      st->nh, st->nkv, st->hd, st->max_seq,
+                      st->att_scratch + (size_t)tid * st->max_seq, h, h + 1);
         break;
     }
     }
@@ -124,7 +143,7 @@ static void run_mm(cpu_state *st, const float *x, int n, int n_w, const tensor *
                    const tensor *w1, float *y1, const tensor *w2, float *y2) {
     cpu_job j = {.st = st, .kind = JOB_MM, .x = x, .n = n, .n_w = n_w,
                  .w = {w0, w1, w2}, .y = {y0, y1, y2}};
-    pool_run(st->pool, job_run, &j);
+    pool_run(st->pool, job_run, &j, plan_chunks(&j, st->n_threads));
 }
 
 /* ---------------------------------------------------------------- init / destroy */
@@ -297,14 +316,14 @@ static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int 
         }
         cpu_job ja = {.st = st, .kind = JOB_ATTN, .segs = st->segs, .n_segs = n_segs,
                       .rows = rows, .layer = l};
-        pool_run(st->pool, job_run, &ja);
+        pool_run(st->pool, job_run, &ja, n_segs * st->nh);
         run_mm(st, st->att, n, 1, &L->wo, st->tmp, NULL, NULL, NULL, NULL);
         for (size_t i = 0; i < (size_t)n * dim; i++) st->x[i] += st->tmp[i];
         /* MLP block */
         cpu_rmsnorm(st->xb, st->x, L->ffn_norm.data, L->ffn_norm.dtype, n, dim, c->norm_eps);
-        cpu_job jg = {.st = st, .kind = JOB_GATE_UP, .x = st->xb, .n = n,
+        cpu_job jg = {.st = st, .kind = JOB_GATE_UP, .x = st->xb, .n = n, .n_w = 1,
                       .w = {&L->w_gate, &L->w_up, NULL}, .y = {st->hb, st->hb2, NULL}};
-        pool_run(st->pool, job_run, &jg);
+        pool_run(st->pool, job_run, &jg, plan_chunks(&jg, st->n_threads));   /* by gate rows */
         run_mm(st, st->hb, n, 1, &L->w_down, st->tmp, NULL, NULL, NULL, NULL);
         for (size_t i = 0; i < (size_t)n * dim; i++) st->x[i] += st->tmp[i];
     }

@@ -90,7 +90,8 @@ BIN=build/peregrine
 if has build; then
   t0=$(date +%s)
   # host warnings are enforced by the CPU CI; here a warning must not stop the GPU checks
-  make -j16 DEPS_ROOT=.deps/root WARN="-Wall -Wextra -Wno-unused-parameter" \
+  DEPS=""; [ -d .deps/root ] && DEPS="DEPS_ROOT=.deps/root"   # unpacked -dev packages, if any
+  make -j16 $DEPS WARN="-Wall -Wextra -Wno-unused-parameter" \
        build/peregrine build/tests/test_kernels_cuda build/tests/test_engine_cuda > "$OUTD/build.log" 2>&1
   rc=$?
   note "build: rc=$rc in $(( $(date +%s) - t0 )) s"
@@ -100,10 +101,9 @@ if has build; then
     nvcc -std=c++17 -O3 -gencode arch=compute_90,code=sm_90 -I. -DPG_CUDA=1 -Xptxas -v -c kernels/cuda/$f.cu \
       -o /tmp/$f.o 2>&1 | c++filt >> "$OUTD/ptxas.txt"
   done
-  cuobjdump --dump-sass -fun 'gemv_kernel<UBf16, 1, false, 8>' /tmp/gemv.o > /tmp/sass_gemv.txt 2>&1 || \
-    cuobjdump --dump-sass /tmp/gemv.o > /tmp/sass_gemv.txt 2>&1
+  cuobjdump --dump-sass /tmp/gemv.o > /tmp/sass_gemv.txt 2>&1
   note "ptxas: $(grep -c 'spill stores' "$OUTD/ptxas.txt") kernels, $(grep -v ' 0 bytes spill stores' "$OUTD/ptxas.txt" | grep -c 'spill stores') with spills"
-  note "sass gemv: LDG.E.128 $(grep -c 'LDG.E.128' /tmp/sass_gemv.txt), LDL/STL $(grep -cE 'LDL|STL' /tmp/sass_gemv.txt)"
+  note "sass gemv (all instantiations): global loads by form: $(grep -oE 'LDG[.A-Z0-9_]*' /tmp/sass_gemv.txt | sort | uniq -c | tr -s ' ' | tr '\n' ';'), local LDL/STL: $(grep -cE '\b(LDL|STL)\b' /tmp/sass_gemv.txt)"
   cuobjdump --dump-sass /tmp/attention.o 2>/dev/null | grep -cE 'HMMA' | sed 's/^/sass attention: HMMA instructions /' | tee -a "$SUMMARY"
 fi
 
@@ -122,6 +122,10 @@ if has tests; then
   rc=$?; cat /tmp/test_engine_cuda.log >> "$OUTD/tests.log"
   note "test_engine_cuda ($GGUF): rc=$rc $(grep -E 'Synthesis' /tmp/test_engine_cuda.log)"
   grep -E 'hf_reference|gguf_greedy|diverges|FAIL|rel err|Assertion' /tmp/test_engine_cuda.log | head -40 | tee -a "$SUMMARY"
+  # the same with programmatic dependent launch off (ordinary stream order)
+  env $LD PEREGRINE_NO_PDL=1 PEREGRINE_HF_REFS=/tmp/hfrefs PEREGRINE_GPU_GGUF=$GGUF build/tests/test_engine_cuda \
+    > /tmp/test_engine_cuda_nopdl.log 2>&1
+  note "test_engine_cuda with PEREGRINE_NO_PDL=1: rc=$? $(grep -E 'Synthesis' /tmp/test_engine_cuda_nopdl.log)"
 fi
 
 if has kbench; then
@@ -135,6 +139,7 @@ if has bench; then
         note "bench $name: rc=$rc $(grep '^| ' /tmp/b.tmp)"; }
   note "| model | engine | batch | prompt | ctx | new | prefill tok/s | TTFT ms | decode tok/s | GB/step | GB/s | MBU |"
   b 7b       --random-weights llama-2-7b --prompt-len 5 --new-tokens 200 --runs 5
+  PEREGRINE_NO_PDL=1 b 7b-nopdl --random-weights llama-2-7b --prompt-len 5 --new-tokens 200 --runs 3
   b 7b-eager --random-weights llama-2-7b --prompt-len 5 --new-tokens 200 --runs 3 --no-graphs
   b 7b-p512  --random-weights llama-2-7b --prompt-len 512 --new-tokens 16 --runs 5
   b 8b       --random-weights llama-3.1-8b --prompt-len 5 --new-tokens 200 --runs 5

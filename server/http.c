@@ -635,7 +635,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     int status = c->responded ? c->status : 499;  /* 499: the client closed first */
     int prompt = 0, gen = 0;
-    double ttft = 0, rate = 0;
+    double ttft = 0, rate = 0, step_rate = 0;
     if (c->req) {
         srv_request *r = c->req;
         pthread_mutex_lock(&r->mu);
@@ -647,6 +647,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             if (i == 0 || q->prompt_index != r->seqs[i - 1].prompt_index) prompt += q->n_prompt;
             if (i == 0 && q->n_gen > 0) ttft = (q->t_first - r->t_submit) * 1e3;
             if (i == 0 && q->n_gen > 1 && q->t_last > q->t_first) rate = (q->n_gen - 1) / (q->t_last - q->t_first);
+            if (i == 0 && q->n_gen > 1 && q->decode_step_s > 0) step_rate = (q->n_gen - 1) / q->decode_step_s;
         }
         pthread_mutex_unlock(&r->mu);
         if (unfinished || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
@@ -664,8 +665,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (c->route == R_HEALTH || c->route == R_METRICS)
         LOG_DEBUG("request route=%s status=%d ms=%.1f", c->endpoint, status, ms);
     else if (c->req)
-        LOG_INFO("request id=%s route=%s status=%d prompt_tokens=%d generated_tokens=%d ttft_ms=%.1f tok_s=%.1f ms=%.1f",
-                 c->id, c->endpoint, status, prompt, gen, ttft, rate, ms);
+        /* tok_s: decode rate seen by the request; step_tok_s: the same tokens
+         * over the time spent inside engine_step (the gap is our overhead) */
+        LOG_INFO("request id=%s route=%s status=%d prompt_tokens=%d generated_tokens=%d ttft_ms=%.1f tok_s=%.1f "
+                 "step_tok_s=%.1f ms=%.1f", c->id, c->endpoint, status, prompt, gen, ttft, rate, step_rate, ms);
     else
         LOG_INFO("request route=%s status=%d ms=%.1f", c->endpoint ? c->endpoint : "other", status, ms);
     sbuf_free(&c->body);

@@ -93,7 +93,8 @@ struct sched {
     pthread_cond_t  idle_cv;   /* the engine thread went idle */
     srv_request    *q_head, *q_tail;  /* requests with sequences not yet admitted */
     int             n_queued;
-    int             n_running;  /* requests with an admitted, unfinished sequence */
+    atomic_int      n_running;  /* requests with an admitted, unfinished sequence; atomic so
+                                   that it drops before the client is told (no s->mu there) */
     int             accepting, cancel_all, quit, idle;
     pthread_t       thread;
     int             started;
@@ -174,15 +175,11 @@ static int seq_finish(sched *s, srv_request *r, srv_seq *q, finish_reason why, c
 static void finish_and_notify(sched *s, srv_request *r, srv_seq *q, finish_reason why, const char *msg) {
     pthread_mutex_lock(&r->mu);
     int final = seq_finish(s, r, q, why, msg);
+    if (final) atomic_fetch_sub(&s->n_running, 1);
     if (final && why == FINISH_CANCELLED) metrics_cancelled(s->metrics);
     if (r->notify) r->notify(r, final);
     pthread_mutex_unlock(&r->mu);
-    if (final) {
-        pthread_mutex_lock(&s->mu);
-        s->n_running--;
-        pthread_mutex_unlock(&s->mu);
-        srv_request_release(r);
-    }
+    if (final) srv_request_release(r);
 }
 
 /* Sampler parameters for q. With min_tokens (and EOS not ignored) the
@@ -220,7 +217,7 @@ static void admit(sched *s) {
             r->next_in_queue = NULL;
             s->n_queued--;
         }
-        if (first) s->n_running++;
+        if (first) atomic_fetch_add(&s->n_running, 1);
         q->slot = slot;
         q->state = SEQ_PREFILL;
         q->t_start = pg_now();
@@ -265,7 +262,7 @@ static void reap(sched *s, double now) {
         if (s->q_tail == r) s->q_tail = prev;
         s->n_queued--;
         int started = r->seqs[0].state != SEQ_QUEUED;
-        if (!started) s->n_running++;  /* finish_and_notify decrements it */
+        if (!started) atomic_fetch_add(&s->n_running, 1);  /* finish_and_notify decrements it */
         pthread_mutex_unlock(&s->mu);
         for (int i = 0; i < r->n_seqs; i++)
             if (r->seqs[i].state == SEQ_QUEUED)
@@ -316,12 +313,10 @@ static void seq_token(sched *s, srv_request *r, srv_seq *q, const engine_result 
     }
     int final = 0;
     if (why != FINISH_NONE) final = seq_finish(s, r, q, why, NULL);
+    if (final) atomic_fetch_sub(&s->n_running, 1);
     if (r->notify) r->notify(r, final);
     pthread_mutex_unlock(&r->mu);
     if (final) {
-        pthread_mutex_lock(&s->mu);
-        s->n_running--;
-        pthread_mutex_unlock(&s->mu);
         srv_request_release(r);
         return;
     }
@@ -357,7 +352,9 @@ static void run_step(sched *s) {
         s->row_slot[n++] = slot;
     }
     if (n == 0) return;
+    double t0 = pg_now();
     int rc = s->be.step(s->be.ctx, s->rows, n, s->res, &err);
+    double dt = pg_now() - t0;
     for (int i = 0; i < n; i++) {
         int slot = s->row_slot[i];
         srv_seq *q = s->active[slot];
@@ -369,6 +366,7 @@ static void run_step(sched *s) {
         }
         int was_prefill = q->state == SEQ_PREFILL;
         if (was_prefill) q->n_prefilled += s->rows[i].n_tokens;
+        else q->decode_step_s += dt;
         if (s->rows[i].sample) seq_token(s, r, q, &s->res[i], was_prefill);
     }
 }
@@ -476,7 +474,7 @@ void sched_wake(sched *s) {
 
 void sched_counts(sched *s, int *running, int *queued) {
     pthread_mutex_lock(&s->mu);
-    *running = s->n_running;
+    *running = atomic_load(&s->n_running);
     *queued = s->n_queued;
     pthread_mutex_unlock(&s->mu);
 }
@@ -502,7 +500,7 @@ void sched_drain(sched *s, double grace_s) {
     pthread_cond_signal(&s->cv);
     if (!wait_idle(s, pg_now() + grace_s)) {
         LOG_WARN("shutdown: grace period of %.1f s over; cancelling %d running and %d queued requests", grace_s,
-                 s->n_running, s->n_queued);
+                 atomic_load(&s->n_running), s->n_queued);
         s->cancel_all = 1;
         pthread_cond_signal(&s->cv);
         wait_idle(s, pg_now() + 3600);

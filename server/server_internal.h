@@ -161,6 +161,7 @@ typedef struct {
     finish_reason  finish;
     int            n_gen;        /* tokens generated, EOS included */
     double         t_start, t_first, t_last;  /* pg_now(): admitted, first token, last token */
+    double         decode_step_s; /* seconds inside engine_step for this sequence's decode steps */
     char           error[256];
 
     /* Engine-thread private. */

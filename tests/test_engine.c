@@ -430,6 +430,18 @@ Test(engine_smollm2, decode_speed, .timeout = 600) {
                 (t1 - t0) * 1e3, t2 - t1, 128 / (t2 - t1), info.weight_bytes / 1e6,
                 info.weight_bytes * 128 / (t2 - t1) / 1e9, (c2 - c1) / 128 * 1e3);
     }
+    /* prefill throughput: one 128-token prompt */
+    int32_t *ids = pg_xmalloc(128 * sizeof *ids);
+    for (int i = 0; i < 128; i++) ids[i] = (int32_t)((i * 7919 + 13) % m->cfg.vocab_size);
+    for (int rep = 0; rep < 2; rep++) {
+        reset_greedy(e, 0);
+        int32_t tok;
+        double t0 = pg_now();
+        step1(e, 0, ids, 128, 0, &tok);
+        fprintf(stderr, "prefill_speed: 128 tokens in %.1f ms = %.1f tok/s\n", (pg_now() - t0) * 1e3,
+                128 / (pg_now() - t0));
+    }
+    free(ids);
     engine_free(e);
     model_free(m);
 }

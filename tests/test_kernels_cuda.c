@@ -144,11 +144,13 @@ Test(kernels_cuda, gemv_all_dtypes)
 {
     NEED_GPU();
     pg_dtype ts[] = { PG_BF16, PG_Q8_0, PG_Q4_0, PG_Q4_1 };
-    int shapes[][2] = { { 576, 576 }, { 384, 1536 }, { 1000, 4096 }, { 64, 96 } };
+    /* covers 1, 2 and 4 warps per row (n = 1), row pairs with an odd row
+     * count (n >= 2), and column counts that leave lanes idle */
+    int shapes[][2] = { { 576, 576 }, { 384, 1536 }, { 1000, 4096 }, { 64, 96 }, { 300, 8448 }, { 577, 160 } };
     int ns[] = { 1, 3, 8, 11 };
     uint64_t seed = 100;
     for (int a = 0; a < 4; a++)
-        for (int b = 0; b < 4; b++)
+        for (int b = 0; b < 6; b++)
             for (int c = 0; c < 4; c++) {
                 if (shapes[b][1] % 32) continue;
                 check_gemv(ts[a], shapes[b][0], shapes[b][1], ns[c], 0, seed++);
@@ -345,8 +347,11 @@ static void check_decode(int nh, int nkv, int hd, int max_seq)
     kc_bf16 *dk = dev_from(kb, cn * 2), *dv = dev_from(vb, cn * 2);
     float *dq = dev_from(q, (size_t)n * qs * 4), *dout = dev_poison((size_t)n * nh * hd * 4);
     float *part = dev_poison(k_attn_decode_part_floats(n, sh) * 4);
+    KC_CHECK(cudaMemset(part, 0, k_attn_decode_part_floats(n, sh) * 4));   /* counters start at 0 */
     int32_t *dpos = dev_from(pos, sizeof pos), *dslot = dev_from(slot, sizeof slot);
     k_attn_decode(dq, qs, n, dpos, dslot, dk, dv, sh, part, dout, nh * hd, 0);
+    KC_CHECK(cudaMemset(dout, 0xff, (size_t)n * nh * hd * 4));
+    k_attn_decode(dq, qs, n, dpos, dslot, dk, dv, sh, part, dout, nh * hd, 0);   /* counters were reset */
     float *out = pg_xmalloc((size_t)n * nh * hd * 4);
     to_host(out, dout, (size_t)n * nh * hd * 4);
     double e = relerr(out, ref, (size_t)n * nh * hd);
@@ -402,6 +407,7 @@ Test(kernels_cuda, attn_prefill)
     check_prefill(8, 8, 128, 64, 70, 1e-2);
     check_prefill(9, 3, 64, 33, 0, 1e-2);
     check_prefill(9, 3, 64, 100, 29, 1e-2);
+    check_prefill(8, 2, 128, 5, 700, 1e-2);   /* short chunk after a long context */
     /* scalar path (head_dim 32): fp32 throughout */
     check_prefill(4, 1, 32, 20, 5, 1e-5);
 }

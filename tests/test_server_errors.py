@@ -229,7 +229,7 @@ def wait_metric(srv, name, value, timeout=30):
 def test_queue_full_is_429():
     s = Server("--max-queue", "1")
     try:
-        long = {"prompt": "Tell me a story.", "max_tokens": 60, "ignore_eos": True, "stream": True}
+        long = {"prompt": "Tell me a story.", "max_tokens": 200, "ignore_eos": True, "stream": True}
         out = []
         t1 = stream_in_thread(s, long, out)
         wait_metric(s, "peregrine_requests_running", 1)

@@ -56,4 +56,4 @@ def test_chat_page_streams_a_reply_with_tokens_per_second(srv, browser):
     assert "tok/s" in stats.text and float(stats.get_attribute("data-tokens-per-second")) > 0
     assert "error" not in browser.find_element(By.CSS_SELECTOR, ".msg.assistant").get_attribute("class")
     # the page's request went through the API like any client's
-    assert "route=/v1/chat/completions status=200" in srv.read_log()
+    WebDriverWait(browser, 10).until(lambda d: "route=/v1/chat/completions status=200" in srv.read_log())

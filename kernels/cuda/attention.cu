@@ -13,7 +13,7 @@
  * tile, S = QK^T and O += PV on tensor cores (bf16 WMMA, fp32 accumulate),
  * online softmax in fp32. Head dims 64 and 128; a scalar kernel covers the
  * others.
- * CPU twin: ref attention in kernels/ref_cuda_twins.c (kc_ref_attention).
+ * CPU twin: ref_attention (kernels/kernels.h) over the cache converted to f32.
  */
 #include "kc_util.cuh"
 #include <mma.h>
@@ -26,17 +26,26 @@
 extern "C" size_t k_attn_decode_part_floats(int n, kc_attn_shape sh)
 {
     size_t nchunk = KC_CDIV(sh.max_seq, KC_ATTN_CHUNK);
-    return (size_t)n * sh.n_heads * nchunk * (sh.head_dim + 2);
+    /* partials, then one int counter per (row, kv head) */
+    return (size_t)n * sh.n_heads * nchunk * (sh.head_dim + 2) + (size_t)n * sh.n_kv_heads;
 }
 
 // part layout: [row][q head][chunk][head_dim + 2]: o (unnormalised), m, l.
+// HD is the head dim (a template so the per-thread K/V register arrays have
+// exact compile-time sizes); every K and V load of a thread is issued at the
+// start, so a block costs about one memory round trip.
+template <int HD>
 __global__ void __launch_bounds__(ATT_THREADS)
-attn_decode_kernel(const float *__restrict__ q, int q_stride, const int32_t *__restrict__ pos,
-                   const int32_t *__restrict__ slot, const uint16_t *__restrict__ kc,
-                   const uint16_t *__restrict__ vc, kc_attn_shape sh, float *__restrict__ part)
+attn_decode_kernel(const float *q, int q_stride, const int32_t *pos,
+                   const int32_t *slot, const uint16_t *kc,
+                   const uint16_t *vc, kc_attn_shape sh, float *part, float *out,
+                   int out_stride)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     const int chunk = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-    const int hd = sh.head_dim, G = sh.n_heads / sh.n_kv_heads;
+    constexpr int hd = HD;
+    const int G = sh.n_heads / sh.n_kv_heads;
     const int nchunk = gridDim.x;
     const int len = pos[b] + 1;
     const int start = chunk * KC_ATTN_CHUNK;
@@ -55,8 +64,7 @@ attn_decode_kernel(const float *__restrict__ q, int q_stride, const int32_t *__r
             pbase[g * pstride_head + hd] = -INFINITY;
             pbase[g * pstride_head + hd + 1] = 0.f;
         }
-        return;
-    }
+    } else {
     const float scale = rsqrtf((float)hd);
     for (int e = tid; e < G * hd; e += ATT_THREADS) {
         int g = e / hd, d = e % hd;
@@ -68,16 +76,35 @@ attn_decode_kernel(const float *__restrict__ q, int q_stride, const int32_t *__r
     const uint16_t *K = kc + head_off * hd;
     const uint16_t *V = vc + head_off * hd;
 
-    // scores: LPT lanes per key, each lane 8 elements (one 16-byte load)
-    const int LPT = hd / 8, TPW = 32 / LPT;
+    // scores: LPT lanes per key, each lane 8 elements (one 16-byte load).
+    // All of a lane's K loads are issued before the first use (latency:
+    // one round trip per chunk instead of one per token group).
+    constexpr int LPT = hd / 8, TPW = 32 / LPT;
     const int sub = lane % LPT, tok_in_warp = lane / LPT;
-    for (int t0 = start + warp * TPW; t0 < end; t0 += ATT_THREADS / 32 * TPW) {
-        int t = t0 + tok_in_warp;
+    constexpr int step = ATT_THREADS / 32 * TPW;
+    constexpr int MAXIT = KC_ATTN_CHUNK / step;
+    constexpr int NTS = ATT_THREADS / LPT;
+    constexpr int MAXV = KC_ATTN_CHUNK / NTS;
+    const int d8 = tid % LPT, ts = tid / LPT;
+    uint4 kreg[MAXIT], vreg[MAXV];
+#pragma unroll
+    for (int it = 0; it < MAXIT; it++) {
+        int t = start + warp * TPW + it * step + tok_in_warp;
+        if (t < end) kreg[it] = *(const uint4 *)(K + (size_t)t * hd + sub * 8);
+    }
+#pragma unroll
+    for (int it = 0; it < MAXV; it++) {   // V does not depend on the scores: load it now
+        int t = start + ts + it * NTS;
+        if (t < end) vreg[it] = *(const uint4 *)(V + (size_t)t * hd + d8 * 8);
+    }
+#pragma unroll
+    for (int it = 0; it < MAXIT; it++) {
+        int t = start + warp * TPW + it * step + tok_in_warp;
         float acc[ATT_MAXG];
 #pragma unroll
         for (int g = 0; g < ATT_MAXG; g++) acc[g] = 0.f;
         if (t < end) {
-            uint4 kv = *(const uint4 *)(K + (size_t)t * hd + sub * 8);
+            uint4 kv = kreg[it];
             float kf[8] = { kc_bf16_lo(kv.x), kc_bf16_hi(kv.x), kc_bf16_lo(kv.y), kc_bf16_hi(kv.y),
                             kc_bf16_lo(kv.z), kc_bf16_hi(kv.z), kc_bf16_lo(kv.w), kc_bf16_hi(kv.w) };
 #pragma unroll
@@ -115,14 +142,16 @@ attn_decode_kernel(const float *__restrict__ q, int q_stride, const int32_t *__r
     __syncthreads();
 
     // o[g][d] = sum_t p[g][t] v[t][d]: thread -> (8 dims, token subset)
-    const int d8 = tid % LPT, ts = tid / LPT, NTS = ATT_THREADS / LPT;
     float o[ATT_MAXG][8];
 #pragma unroll
     for (int g = 0; g < ATT_MAXG; g++)
 #pragma unroll
         for (int j = 0; j < 8; j++) o[g][j] = 0.f;
-    for (int t = start + ts; t < end; t += NTS) {
-        uint4 vv = *(const uint4 *)(V + (size_t)t * hd + d8 * 8);
+#pragma unroll
+    for (int it = 0; it < MAXV; it++) {
+        int t = start + ts + it * NTS;
+        if (t >= end) break;
+        uint4 vv = vreg[it];
         float vf[8] = { kc_bf16_lo(vv.x), kc_bf16_hi(vv.x), kc_bf16_lo(vv.y), kc_bf16_hi(vv.y),
                         kc_bf16_lo(vv.z), kc_bf16_hi(vv.z), kc_bf16_lo(vv.w), kc_bf16_hi(vv.w) };
 #pragma unroll
@@ -138,10 +167,11 @@ attn_decode_kernel(const float *__restrict__ q, int q_stride, const int32_t *__r
     // then over warps through shared memory, in a fixed order
 #pragma unroll
     for (int g = 0; g < ATT_MAXG; g++)
+        if (g < G)
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            for (int off = LPT; off < 32; off <<= 1)
-                o[g][j] += __shfl_xor_sync(0xffffffffu, o[g][j], off);
+            for (int j = 0; j < 8; j++)
+                for (int off = LPT; off < 32; off <<= 1)
+                    o[g][j] += __shfl_xor_sync(0xffffffffu, o[g][j], off);
     float *red = s_red;
     if (lane < LPT) {
 #pragma unroll
@@ -161,27 +191,37 @@ attn_decode_kernel(const float *__restrict__ q, int q_stride, const int32_t *__r
         pbase[tid * pstride_head + hd] = s_m[tid];
         pbase[tid * pstride_head + hd + 1] = s_l[tid];
     }
-}
+    }
 
-__global__ void attn_merge_kernel(const float *__restrict__ part, const int32_t *__restrict__ pos,
-                                  kc_attn_shape sh, int nchunk, float *__restrict__ out,
-                                  int out_stride)
-{
-    const int h = blockIdx.x, b = blockIdx.y, hd = sh.head_dim;
-    const int nvalid = KC_CDIV(pos[b] + 1, KC_ATTN_CHUNK);
-    const float *p = part + ((size_t)b * sh.n_heads + h) * nchunk * (hd + 2);
-    float M = -INFINITY;
-    for (int c = 0; c < nvalid; c++) M = fmaxf(M, p[(size_t)c * (hd + 2) + hd]);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    // The last block of this (row, kv head) to finish merges the chunks
+    // (threadfence-reduction pattern), in chunk order: deterministic, and one
+    // launch per layer fewer. The counter is reset for the next launch.
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    int *cnt = (int *)(part + (size_t)gridDim.z * sh.n_heads * nchunk * (hd + 2)) + b * sh.n_kv_heads + kvh;
+    if (tid == 0) s_last = atomicAdd(cnt, 1) == nchunk - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const int nvalid = KC_CDIV(len, KC_ATTN_CHUNK);
+    for (int e = tid; e < G * hd; e += ATT_THREADS) {
+        const int g = e / hd, d = e % hd;
+        const float *p = part + ((size_t)b * sh.n_heads + (size_t)kvh * G + g) * nchunk * (hd + 2);
+        float M = -INFINITY;
+#pragma unroll 8
+        for (int c = 0; c < nvalid; c++) M = fmaxf(M, __ldcg(p + (size_t)c * (hd + 2) + hd));
         float num = 0.f, den = 0.f;
+#pragma unroll 8
         for (int c = 0; c < nvalid; c++) {
             const float *pc = p + (size_t)c * (hd + 2);
-            float w = __expf(pc[hd] - M);
-            num += w * pc[d];
-            den += w * pc[hd + 1];
+            float w = __expf(__ldcg(pc + hd) - M);
+            num += w * __ldcg(pc + d);
+            den += w * __ldcg(pc + hd + 1);
         }
-        out[(size_t)b * out_stride + (size_t)h * hd + d] = num / den;
+        out[(size_t)b * out_stride + (size_t)(kvh * G + g) * hd + d] = num / den;
     }
+    if (tid == 0) *cnt = 0;
 }
 
 extern "C" void k_attn_decode(const float *q, int q_stride, int n, const int32_t *pos,
@@ -192,13 +232,17 @@ extern "C" void k_attn_decode(const float *q, int q_stride, int n, const int32_t
     if (n <= 0) return;
     int G = sh.n_heads / sh.n_kv_heads;
     PG_ASSERT(sh.n_heads % sh.n_kv_heads == 0 && G <= ATT_MAXG && G * sh.head_dim <= ATT_GHD);
-    PG_ASSERT(sh.head_dim % 8 == 0 && sh.head_dim <= 256 && 32 % (sh.head_dim / 8) == 0);
+    PG_ASSERT(sh.head_dim % 8 == 0 && sh.head_dim <= 256 && 32 % (sh.head_dim / 8) == 0);  /* 16..256, powers of 2 */
     int nchunk = KC_CDIV(sh.max_seq, KC_ATTN_CHUNK);
-    attn_decode_kernel<<<dim3(nchunk, sh.n_kv_heads, n), ATT_THREADS, 0, s>>>(
-        q, q_stride, pos, slot, kc, vc, sh, part);
-    KC_LAUNCH_CHECK();
-    attn_merge_kernel<<<dim3(sh.n_heads, n), sh.head_dim < 32 ? 32 : sh.head_dim, 0, s>>>(
-        part, pos, sh, nchunk, out, out_stride);
+    dim3 grid(nchunk, sh.n_kv_heads, n);
+    switch (sh.head_dim) {
+    case 16:  kc_launch(attn_decode_kernel<16>, grid, dim3(ATT_THREADS), 0, s, q, q_stride, pos, slot, kc, vc, sh, part, out, out_stride); break;
+    case 32:  kc_launch(attn_decode_kernel<32>, grid, dim3(ATT_THREADS), 0, s, q, q_stride, pos, slot, kc, vc, sh, part, out, out_stride); break;
+    case 64:  kc_launch(attn_decode_kernel<64>, grid, dim3(ATT_THREADS), 0, s, q, q_stride, pos, slot, kc, vc, sh, part, out, out_stride); break;
+    case 128: kc_launch(attn_decode_kernel<128>, grid, dim3(ATT_THREADS), 0, s, q, q_stride, pos, slot, kc, vc, sh, part, out, out_stride); break;
+    case 256: kc_launch(attn_decode_kernel<256>, grid, dim3(ATT_THREADS), 0, s, q, q_stride, pos, slot, kc, vc, sh, part, out, out_stride); break;
+    default: PG_DIE("k_attn_decode: head_dim %d (supported: 16, 32, 64, 128, 256)", sh.head_dim);
+    }
     KC_LAUNCH_CHECK();
 }
 
@@ -227,10 +271,17 @@ struct PfSmem {
 
 template <int HD>
 __global__ void __launch_bounds__(128)
-attn_prefill_wmma_kernel(const float *__restrict__ q, int q_stride, int n, int pos0,
-                         const uint16_t *__restrict__ K, const uint16_t *__restrict__ V,
-                         int G, float *__restrict__ out, int out_stride)
+attn_prefill_wmma_kernel(const float *q, int q_stride, int n, int pos0,
+                         const uint16_t *K, const uint16_t *V,
+                         size_t head_stride, int G, float *out, int out_stride)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    // grid: (query tile, query head within the GQA group, kv head)
+    q += (size_t)blockIdx.z * G * HD;
+    out += (size_t)blockIdx.z * G * HD;
+    K += (size_t)blockIdx.z * head_stride;
+    V += (size_t)blockIdx.z * head_stride;
     using SM = PfSmem<HD>;
     extern __shared__ __align__(128) unsigned char smem[];
     __nv_bfloat16 *sQ = (__nv_bfloat16 *)(smem + SM::Q);
@@ -352,11 +403,13 @@ attn_prefill_wmma_kernel(const float *__restrict__ q, int q_stride, int n, int p
 }
 
 // One warp per (query, head); online softmax in registers. Any head_dim <= 256.
-__global__ void attn_prefill_scalar_kernel(const float *__restrict__ q, int q_stride, int n,
-                                           int pos0, const uint16_t *__restrict__ kc,
-                                           const uint16_t *__restrict__ vc, size_t head_stride,
-                                           kc_attn_shape sh, float *__restrict__ out, int out_stride)
+__global__ void attn_prefill_scalar_kernel(const float *q, int q_stride, int n,
+                                           int pos0, const uint16_t *kc,
+                                           const uint16_t *vc, size_t head_stride,
+                                           kc_attn_shape sh, float *out, int out_stride)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     const int wq = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     const int i = wq / sh.n_heads, h = wq % sh.n_heads;
     if (i >= n) return;
@@ -388,14 +441,8 @@ static void prefill_wmma(const float *q, int q_stride, int n, int pos0, const ui
     KC_CHECK(cudaFuncSetAttribute(attn_prefill_wmma_kernel<HD>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
     const int G = sh.n_heads / sh.n_kv_heads;
-    // One launch per KV head group keeps the K/V pointer arithmetic on the host.
-    for (int kvh = 0; kvh < sh.n_kv_heads; kvh++) {
-        dim3 grid(KC_CDIV(n, PF_BQ), G);
-        attn_prefill_wmma_kernel<HD><<<grid, 128, bytes, s>>>(
-            q + (size_t)kvh * G * HD, q_stride, n, pos0, K + (size_t)kvh * head_stride,
-            V + (size_t)kvh * head_stride, G, out + (size_t)kvh * G * HD, out_stride);
-        KC_LAUNCH_CHECK();
-    }
+    kc_launch(attn_prefill_wmma_kernel<HD>, dim3(KC_CDIV(n, PF_BQ), G, sh.n_kv_heads), dim3(128), bytes, s,
+              q, q_stride, n, pos0, K, V, head_stride, G, out, out_stride);
 }
 
 extern "C" void k_attn_prefill(const float *q, int q_stride, int n, int pos0, int slot,
@@ -407,13 +454,17 @@ extern "C" void k_attn_prefill(const float *q, int q_stride, int n, int pos0, in
     const size_t head_stride = (size_t)sh.max_seq * sh.head_dim;
     const uint16_t *K = kc + (size_t)slot * sh.n_kv_heads * head_stride;
     const uint16_t *V = vc + (size_t)slot * sh.n_kv_heads * head_stride;
-    if (sh.head_dim == 128 && n >= 64)
+    /* The scalar kernel walks the keys serially per (query, head): fine (and
+     * fp32-exact) for short sequences, far too slow for a short chunk after a
+     * long context, which goes to the tensor cores. */
+    const bool tc = n >= 64 || pos0 + n > 256;
+    if (sh.head_dim == 128 && tc)
         prefill_wmma<128>(q, q_stride, n, pos0, K, V, head_stride, sh, out, out_stride, s);
-    else if (sh.head_dim == 64 && n >= 64)
+    else if (sh.head_dim == 64 && tc)
         prefill_wmma<64>(q, q_stride, n, pos0, K, V, head_stride, sh, out, out_stride, s);
     else {
         int warps = n * sh.n_heads;
-        attn_prefill_scalar_kernel<<<KC_CDIV(warps, 4), 128, 0, s>>>(q, q_stride, n, pos0, K, V,
+        kc_launch(attn_prefill_scalar_kernel, dim3(KC_CDIV(warps, 4)), dim3(128), 0, s, q, q_stride, n, pos0, K, V,
                                                                     head_stride, sh, out, out_stride);
         KC_LAUNCH_CHECK();
     }

@@ -9,6 +9,25 @@
  * replay computes bit-identical results to an eager run).
  */
 #include "kc_util.cuh"
+#include <stdlib.h>
+#include <string.h>
+
+// ---------------------------------------------------------------- PDL switch
+int kc_pdl_enabled(void)
+{
+    static int on = -1;   // a device property, read once (benign race: same value)
+    if (on < 0) {
+        int dev = 0, major = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            major = 0;
+        }
+        const char *e = getenv("PEREGRINE_NO_PDL");
+        on = major >= 9 && !(e && *e && strcmp(e, "0") != 0);
+    }
+    return on;
+}
 
 // ---------------------------------------------------------------- sizes
 extern "C" size_t kc_matrix_q_bytes(pg_dtype t, int64_t rows, int64_t cols)
@@ -106,13 +125,15 @@ extern "C" void k_to_f32(const void *src, pg_dtype t, int64_t n, float *dst, cud
 
 __global__ void f32_to_bf16_kernel(const float *src, uint16_t *dst, int64_t n)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = kc_f_bf16(src[i]);
 }
 extern "C" void k_f32_to_bf16(const float *src, kc_bf16 *dst, int64_t n, cudaStream_t s)
 {
-    f32_to_bf16_kernel<<<grid_for(n), 256, 0, s>>>(src, dst, n);
+    kc_launch(f32_to_bf16_kernel, dim3(grid_for(n)), dim3(256), 0, s, src, dst, n);
     KC_LAUNCH_CHECK();
 }
 
@@ -175,6 +196,8 @@ __device__ __forceinline__ float kc_dequant(const kc_matrix &m, int64_t r, int j
 
 __global__ void embed_kernel(kc_matrix m, const int32_t *tokens, float *out)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     int i = blockIdx.x;
     int64_t r = tokens[i];
     for (int j = threadIdx.x; j < m.cols; j += blockDim.x)
@@ -184,7 +207,7 @@ extern "C" void k_embed(const kc_matrix *emb, const int32_t *tokens, int n, floa
                         cudaStream_t s)
 {
     if (n <= 0) return;
-    embed_kernel<<<n, 256, 0, s>>>(*emb, tokens, out);
+    kc_launch(embed_kernel, dim3(n), dim3(256), 0, s, *emb, tokens, out);
     KC_LAUNCH_CHECK();
 }
 
@@ -192,6 +215,8 @@ extern "C" void k_embed(const kc_matrix *emb, const int32_t *tokens, int n, floa
 __global__ void add_rmsnorm_kernel(float *resid, const float *delta, const float *w, float eps,
                                    int dim, float *out, uint16_t *out_bf)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     __shared__ float sh[32];
     float *r = resid + (size_t)blockIdx.x * dim;
     const float *d = delta ? delta + (size_t)blockIdx.x * dim : NULL;
@@ -214,12 +239,14 @@ extern "C" void k_add_rmsnorm(float *resid, const float *delta, const float *w, 
 {
     if (n <= 0) return;
     int threads = dim >= 4096 ? 1024 : (dim >= 1024 ? 512 : 256);
-    add_rmsnorm_kernel<<<n, threads, 0, s>>>(resid, delta, w, eps, dim, out_f32, out_bf16);
+    kc_launch(add_rmsnorm_kernel, dim3(n), dim3(threads), 0, s, resid, delta, w, eps, dim, out_f32, out_bf16);
     KC_LAUNCH_CHECK();
 }
 
 __global__ void swiglu_kernel(const float *gu, int hidden, float *y, uint16_t *yb)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     const float *g = gu + (size_t)blockIdx.y * 2 * hidden;
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= hidden) return;
@@ -232,12 +259,14 @@ extern "C" void k_swiglu(const float *gu, int n, int hidden, float *y, kc_bf16 *
                          cudaStream_t s)
 {
     if (n <= 0) return;
-    swiglu_kernel<<<dim3(KC_CDIV(hidden, 256), n), 256, 0, s>>>(gu, hidden, y, y_bf16);
+    kc_launch(swiglu_kernel, dim3(dim3(KC_CDIV(hidden, 256), n)), dim3(256), 0, s, gu, hidden, y, y_bf16);
     KC_LAUNCH_CHECK();
 }
 
 __global__ void add_kernel(float *y, const float *x, int64_t n)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
         y[i] += x[i];
@@ -245,7 +274,7 @@ __global__ void add_kernel(float *y, const float *x, int64_t n)
 extern "C" void k_add(float *y, const float *x, int64_t n, cudaStream_t s)
 {
     if (n <= 0) return;
-    add_kernel<<<grid_for(n), 256, 0, s>>>(y, x, n);
+    kc_launch(add_kernel, dim3(grid_for(n)), dim3(256), 0, s, y, x, n);
     KC_LAUNCH_CHECK();
 }
 
@@ -256,6 +285,8 @@ extern "C" void k_add(float *y, const float *x, int64_t n, cudaStream_t s)
 __global__ void rope_kv_kernel(float *qkv, int stride, const int32_t *pos, const int32_t *slot,
                                const float *inv_freq, kc_attn_shape sh, uint16_t *kc, uint16_t *vc)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     const int i = blockIdx.x, hd = sh.head_dim, half = hd / 2;
     float *row = qkv + (size_t)i * stride;
     const int p = pos[i];
@@ -290,12 +321,14 @@ extern "C" void k_rope_kv_write(float *qkv, int row_stride, int n, const int32_t
     if (n <= 0) return;
     PG_ASSERT(sh.head_dim % 2 == 0 && sh.n_heads % sh.n_kv_heads == 0);
     int work = (sh.n_heads + sh.n_kv_heads) * sh.head_dim / 2 + sh.n_kv_heads * sh.head_dim;
-    rope_kv_kernel<<<dim3(n, KC_CDIV(work, 128)), 128, 0, s>>>(qkv, row_stride, pos, slot, inv_freq, sh, kc, vc);
+    kc_launch(rope_kv_kernel, dim3(dim3(n, KC_CDIV(work, 128))), dim3(128), 0, s, qkv, row_stride, pos, slot, inv_freq, sh, kc, vc);
     KC_LAUNCH_CHECK();
 }
 
 __global__ void mark_seen_kernel(uint8_t *seen, const int32_t *tokens, int n)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         seen[tokens[i]] = 1;
 }
@@ -303,6 +336,6 @@ extern "C" void k_mark_seen(uint8_t *seen, int vocab, int slot, const int32_t *t
                             cudaStream_t s)
 {
     if (n <= 0) return;
-    mark_seen_kernel<<<KC_CDIV(n, 256), 256, 0, s>>>(seen + (size_t)slot * vocab, tokens, n);
+    kc_launch(mark_seen_kernel, dim3(KC_CDIV(n, 256)), dim3(256), 0, s, seen + (size_t)slot * vocab, tokens, n);
     KC_LAUNCH_CHECK();
 }

@@ -5,14 +5,19 @@
  * that computes a gate row and its up row in one warp.
  *
  * Why our own kernel: at batch 1 the product is a pure stream of the weight
- * bytes. One warp owns one output row; each lane issues U independent 16-byte
+ * bytes. One warp owns one output row (two adjacent rows for bf16, or a gate
+ * row and its up row for SwiGLU); each lane issues U independent 16-byte
  * loads (ld.global.nc.L1::no_allocate: weights are used once per step) before
  * the first FMA, so every SM keeps tens of KB in flight, which is what HBM3
  * needs. x (fp32, at most 8 columns) is read through L1, where all warps of a
- * block share it. Accumulation is fp32; the warp reduction order is fixed, so
- * results are deterministic (graph replay == eager).
- * CPU twin: ref_matmul-style y = W x with the dequantized weights
- * (kernels/ref_cuda_twins.c: kc_ref_gemv).
+ * block share it, with ordinary loads: under programmatic dependent launch the
+ * kernel starts while the kernel that writes x is still running, so x must
+ * not go through the read-only (.nc) path, whose contract is "unchanged for
+ * the kernel's lifetime" (seen: stale x and wrong logits). Weights are truly
+ * read-only and use .nc. Accumulation is fp32; the warp reduction order is
+ * fixed, so results are deterministic (graph replay == eager).
+ * CPU twin: ref_matmul (kernels/kernels.h) on the stored weights, and
+ * ref_silu_mul for the SwiGLU variant.
  */
 #include "kc_util.cuh"
 
@@ -31,7 +36,7 @@ struct UBf16 {
     }
     static __device__ __forceinline__ V load(Row w, int i) { return V{ kc_ld_stream(w.q + i) }; }
     static __device__ __forceinline__ float dot(const V &v, const float *x) {
-        float4 a = __ldg((const float4 *)x), b = __ldg((const float4 *)x + 1);
+        float4 a = ((const float4 *)x)[0], b = ((const float4 *)x)[1];
         float s = kc_bf16_lo(v.q.x) * a.x;
         s = fmaf(kc_bf16_hi(v.q.x), a.y, s);
         s = fmaf(kc_bf16_lo(v.q.y), a.z, s);
@@ -62,10 +67,10 @@ struct UQ8_0 {
     }
     static __device__ __forceinline__ float dot(const V &v, const float *x) {
         const float4 *x4 = (const float4 *)x;
-        float s = dot4(v.a.x, __ldg(x4 + 0)) + dot4(v.a.y, __ldg(x4 + 1)) +
-                  dot4(v.a.z, __ldg(x4 + 2)) + dot4(v.a.w, __ldg(x4 + 3)) +
-                  dot4(v.b.x, __ldg(x4 + 4)) + dot4(v.b.y, __ldg(x4 + 5)) +
-                  dot4(v.b.z, __ldg(x4 + 6)) + dot4(v.b.w, __ldg(x4 + 7));
+        float s = dot4(v.a.x, x4[0]) + dot4(v.a.y, x4[1]) +
+                  dot4(v.a.z, x4[2]) + dot4(v.a.w, x4[3]) +
+                  dot4(v.b.x, x4[4]) + dot4(v.b.y, x4[5]) +
+                  dot4(v.b.z, x4[6]) + dot4(v.b.w, x4[7]);
         return v.d * s;
     }
 };
@@ -100,80 +105,138 @@ struct UQ4 {
     static __device__ __forceinline__ float dot(const V &v, const float *x) {
         const float4 *x4 = (const float4 *)x;
         float sq = 0.f, sx = 0.f;
-        acc4(v.q.x, __ldg(x4 + 0), __ldg(x4 + 4), sq, sx);
-        acc4(v.q.y, __ldg(x4 + 1), __ldg(x4 + 5), sq, sx);
-        acc4(v.q.z, __ldg(x4 + 2), __ldg(x4 + 6), sq, sx);
-        acc4(v.q.w, __ldg(x4 + 3), __ldg(x4 + 7), sq, sx);
+        acc4(v.q.x, x4[0], x4[4], sq, sx);
+        acc4(v.q.y, x4[1], x4[5], sq, sx);
+        acc4(v.q.z, x4[2], x4[6], sq, sx);
+        acc4(v.q.w, x4[3], x4[7], sq, sx);
         return HAS_M ? v.d * sq + v.m * sx : v.d * (sq - 8.f * sx);
     }
 };
 
 // ---------------------------------------------------------------- kernel
-// rows: output rows. SW: W has 2*rows rows (gate then up); y = silu(g) * u.
-template <class T, int N, bool SW, int U>
+// MODE 0: one output row per warp. MODE 1 (SwiGLU): W has 2*rows rows (gate
+// then up); the warp computes gate row r and up row rows + r and writes
+// silu(g) * u. MODE 2: the warp computes two adjacent rows 2w and 2w + 1,
+// which halves the x traffic through L1 per weight byte (x is read with
+// ordinary loads, see the top of this file).
+// KS (MODE 0 only): KS warps of one block share a row, each over a
+// contiguous 1/KS of its columns, and add their partial sums in warp order
+// (deterministic) — more warps in flight for the short-and-wide matrices.
+#define GEMV_LOAD(B)                                                        \
+    _Pragma("unroll") for (int u = 0; u < U; u++) {                         \
+        int i = u0 + (B) + u * 32 + lane;                                   \
+        if (i < u1) {                                                       \
+            vg[u] = T::load(rg, i);                                         \
+            if (PAIR) vu[u] = T::load(ru, i);                               \
+        }                                                                   \
+    }
+
+template <class T, int N, int MODE, int U, int KS>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, int cols,
-            const float *__restrict__ x, float *__restrict__ y)
+            const float *x, float *__restrict__ y)
 {
-    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const int nu = cols / T::E;
-    typename T::Row rg = T::row(q, s, row, cols);
-    typename T::Row ru = T::row(q, s, SW ? row + rows : row, cols);
+    constexpr bool PAIR = MODE != 0;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wid = blockIdx.x * GEMV_WARPS + warp;
+    const int r0 = MODE == 2 ? 2 * wid : wid / KS;
+    // MODE 2 with an odd row count: the last warp repeats row r0 as its pair
+    const int r1 = MODE == 1 ? r0 + rows : (MODE == 2 ? (r0 + 1 < rows ? r0 + 1 : r0) : r0);
+    const bool active = r0 < rows;
+    kc_pdl_trigger();
+    if (!active && KS == 1) return;
+    const int nu = cols / T::E, wk = wid % KS;
+    const int u0 = active ? (int)((int64_t)wk * nu / KS) : 0;
+    const int u1 = active ? (int)((int64_t)(wk + 1) * nu / KS) : 0;
+    typename T::Row rg = T::row(q, s, active ? r0 : 0, cols);
+    typename T::Row ru = T::row(q, s, active ? r1 : 0, cols);
     float ag[N], au[N];
 #pragma unroll
     for (int n = 0; n < N; n++) { ag[n] = 0.f; au[n] = 0.f; }
+    typename T::V vg[U], vu[U];
 
-    for (int base = 0; base < nu; base += 32 * U) {
-        typename T::V vg[U], vu[U];
+    // The first batch of weight loads goes out before waiting for the
+    // previous kernel (PDL): weights never depend on it, x does.
+    GEMV_LOAD(0)
+    kc_pdl_wait();
+    for (int base = 0; u0 + base < u1;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            int i = base + u * 32 + lane;
-            if (i < nu) {
-                vg[u] = T::load(rg, i);
-                if (SW) vu[u] = T::load(ru, i);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int i = base + u * 32 + lane;
-            if (i < nu) {
+            int i = u0 + base + u * 32 + lane;
+            if (i < u1) {
 #pragma unroll
                 for (int n = 0; n < N; n++) {
                     const float *xp = x + (size_t)n * cols + (size_t)i * T::E;
                     ag[n] += T::dot(vg[u], xp);
-                    if (SW) au[n] += T::dot(vu[u], xp);
+                    if (PAIR) au[n] += T::dot(vu[u], xp);
                 }
             }
         }
+        base += 32 * U;
+        if (u0 + base >= u1) break;
+        GEMV_LOAD(base)
     }
+    if constexpr (KS > 1) {
+        __shared__ float red[GEMV_WARPS][N];
 #pragma unroll
-    for (int n = 0; n < N; n++) {
-        float g = kc_warp_sum(ag[n]);
-        if (SW) {
-            float u = kc_warp_sum(au[n]);
-            g = g / (1.f + __expf(-g)) * u;
+        for (int n = 0; n < N; n++) {
+            float g = kc_warp_sum(ag[n]);
+            if (lane == 0) red[warp][n] = g;
         }
-        if (lane == 0) y[(size_t)n * rows + row] = g;
+        __syncthreads();
+        if (active && wk == 0 && lane == 0) {
+#pragma unroll
+            for (int n = 0; n < N; n++) {
+                float g = 0.f;
+                for (int k = 0; k < KS; k++) g += red[warp + k][n];
+                y[(size_t)n * rows + r0] = g;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int n = 0; n < N; n++) {
+            float g = kc_warp_sum(ag[n]);
+            float u = PAIR ? kc_warp_sum(au[n]) : 0.f;
+            if (lane == 0) {
+                if (MODE == 1) y[(size_t)n * rows + r0] = g / (1.f + __expf(-g)) * u;
+                else y[(size_t)n * rows + r0] = g;
+                if (MODE == 2 && r1 != r0) y[(size_t)n * rows + r1] = u;
+            }
+        }
     }
 }
 
-template <class T, bool SW, int U>
+template <class T, int N, int MODE, int U, int KS>
+static void gemv_launch_n(const kc_matrix *w, int rows, const float *x, float *y, cudaStream_t s)
+{
+    int warps = MODE == 2 ? KC_CDIV(rows, 2) : rows * KS;
+    kc_launch(gemv_kernel<T, N, MODE, U, KS>, dim3(KC_CDIV(warps, GEMV_WARPS)), dim3(GEMV_WARPS * 32), 0, s,
+              w->q, w->s, rows, w->cols, x, y);
+}
+
+/* One column: MODE1/U1 with a K split chosen by shape (short, wide matrices
+ * get 2 or 4 warps per row); 2..8 columns: MODEN/UN. */
+template <class T, int MODE1, int U1, int MODEN, int UN>
 static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, float *y,
                           cudaStream_t s)
 {
-    dim3 grid(KC_CDIV(rows, GEMV_WARPS)), block(GEMV_WARPS * 32);
     int i = 0;
     while (i < n) {
         int m = n - i;
         const float *xi = x + (size_t)i * w->cols;
         float *yi = y + (size_t)i * rows;
-        if (m >= 8) { gemv_kernel<T, 8, SW, U><<<grid, block, 0, s>>>(w->q, w->s, rows, w->cols, xi, yi); m = 8; }
-        else if (m >= 4) { gemv_kernel<T, 4, SW, U><<<grid, block, 0, s>>>(w->q, w->s, rows, w->cols, xi, yi); m = 4; }
-        else if (m >= 2) { gemv_kernel<T, 2, SW, U><<<grid, block, 0, s>>>(w->q, w->s, rows, w->cols, xi, yi); m = 2; }
-        else { gemv_kernel<T, 1, SW, U><<<grid, block, 0, s>>>(w->q, w->s, rows, w->cols, xi, yi); m = 1; }
-        KC_LAUNCH_CHECK();
+        if (m >= 8) { gemv_launch_n<T, 8, MODEN, UN, 1>(w, rows, xi, yi, s); m = 8; }
+        else if (m >= 4) { gemv_launch_n<T, 4, MODEN, UN, 1>(w, rows, xi, yi, s); m = 4; }
+        else if (m >= 2) { gemv_launch_n<T, 2, MODEN, UN, 1>(w, rows, xi, yi, s); m = 2; }
+        else {
+            /* measured on an H100: 4 warps per row pay off for 4096 x 11008,
+             * 2 did not for 4096 x 4096 */
+            int ks = (MODE1 != 0 || rows > 8192 || w->cols < 8192) ? 1 : 4;
+            if (ks == 4) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 4>(w, rows, xi, yi, s);
+            else if (ks == 2) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 2>(w, rows, xi, yi, s);
+            else gemv_launch_n<T, 1, MODE1, U1, 1>(w, rows, xi, yi, s);
+            m = 1;
+        }
         i += m;
     }
 }
@@ -187,16 +250,18 @@ static void gemv_dispatch(const kc_matrix *w, const float *x, int n, float *y, c
     switch (w->dtype) {
     case PG_BF16:
         PG_ASSERT(w->cols % 8 == 0);
-        gemv_launch_t<UBf16, SW, SW ? 4 : 8>(w, rows, x, n, y, s); break;
+        if (SW) gemv_launch_t<UBf16, 1, 4, 1, 4>(w, rows, x, n, y, s);
+        else gemv_launch_t<UBf16, 0, 8, 2, 4>(w, rows, x, n, y, s);
+        break;
     case PG_Q8_0:
         PG_ASSERT(w->cols % 32 == 0 && w->s);
-        gemv_launch_t<UQ8_0, SW, SW ? 1 : 2>(w, rows, x, n, y, s); break;
+        gemv_launch_t<UQ8_0, SW ? 1 : 0, SW ? 1 : 2, SW ? 1 : 0, SW ? 1 : 2>(w, rows, x, n, y, s); break;
     case PG_Q4_0:
         PG_ASSERT(w->cols % 32 == 0 && w->s);
-        gemv_launch_t<UQ4<false>, SW, SW ? 2 : 4>(w, rows, x, n, y, s); break;
+        gemv_launch_t<UQ4<false>, SW ? 1 : 0, SW ? 2 : 4, SW ? 1 : 0, SW ? 2 : 4>(w, rows, x, n, y, s); break;
     case PG_Q4_1:
         PG_ASSERT(w->cols % 32 == 0 && w->s);
-        gemv_launch_t<UQ4<true>, SW, SW ? 2 : 4>(w, rows, x, n, y, s); break;
+        gemv_launch_t<UQ4<true>, SW ? 1 : 0, SW ? 2 : 4, SW ? 1 : 0, SW ? 2 : 4>(w, rows, x, n, y, s); break;
     default:
         PG_DIE("k_gemv: unsupported weight dtype %s", pg_dtype_name(w->dtype));
     }

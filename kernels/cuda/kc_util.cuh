@@ -67,4 +67,47 @@ __device__ __forceinline__ float kc_f16_f(uint16_t u) {
     return __half2float(__ushort_as_half(u));
 }
 
+// ---------------------------------------------------------------- PDL
+// Programmatic dependent launch (Hopper and later): a kernel launched with
+// kc_launch may be scheduled while its predecessor in the stream drains.
+// Contract for every kernel launched that way: call kc_pdl_trigger() early
+// (lets *its* successor be scheduled) and kc_pdl_wait() before touching any
+// memory a predecessor writes or reads-after (the wait returns once the
+// predecessor grid has completed and its writes are visible). The matrix-vector
+// kernels issue their first weight loads before the wait, which hides the
+// launch gap and the previous kernel's tail behind the weight stream.
+// On devices before sm_90 both are no-ops and launches are ordinary.
+__device__ __forceinline__ void kc_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void kc_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// 1 if the current device supports PDL (compute capability >= 9.0) and
+// PEREGRINE_NO_PDL is unset. Read once per process: a device property, like
+// the properties record llm.c keeps, not mutable state.
+int kc_pdl_enabled(void);
+
+template <typename... KArgs, typename... Args>
+static inline void kc_launch(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t s, Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = kc_pdl_enabled() ? 1 : 0;
+    KC_CHECK(cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...));
+}
+
 #endif

@@ -3,9 +3,9 @@
  * paths, as plain-C launchers `k_<op>(..., cudaStream_t)` (the kernels
  * themselves are `<op>_kernel` templates inside the .cu files).
  *
- * Every launcher has a CPU twin in kernels/kernels.h (ref_*) or
- * kernels/ref_cuda_twins.c, and a test in tests/test_kernels_cuda.c that
- * compares them on fresh random inputs.
+ * Every launcher has a CPU twin in kernels/kernels.h (ref_*; the sampler's is
+ * model/sampler.h), and a test in tests/test_kernels_cuda.c that compares
+ * them on fresh random inputs.
  *
  * Conventions:
  *   - Activations are fp32 unless a name says bf16; weights are held on the
@@ -139,10 +139,13 @@ void k_gemm_bf16(kc_gemm_ctx *c, const kc_matrix *w, const kc_bf16 *x, int n,
  * stride q_stride floats; n_heads*head_dim), cache slot slot[i], valid length
  * pos[i]+1. The sequence is split into chunks of KC_ATTN_CHUNK positions; each
  * (row, kv_head, chunk) block handles all query heads of its GQA group and
- * writes a partial (max, sum, o) to `part`; chunks past the valid length exit
- * at once. A second kernel merges the chunks in a fixed order (deterministic).
+ * writes a partial (max, sum, o) to `part`; chunks past the valid length skip
+ * the work. The last block to finish for a (row, kv head) merges the chunks
+ * in a fixed order (deterministic).
  * out: [n][n_heads*head_dim] fp32 (row stride out_stride).
- * part: workspace of k_attn_decode_part_floats(...) floats.
+ * part: workspace of k_attn_decode_part_floats(...) floats, ZEROED once
+ * before first use (its tail holds arrival counters that every launch leaves
+ * at zero again).
  */
 #define KC_ATTN_CHUNK 64
 size_t k_attn_decode_part_floats(int n, kc_attn_shape sh);
@@ -154,8 +157,8 @@ void k_attn_decode(const float *q, int q_stride, int n, const int32_t *pos,
  * Prefill attention for one sequence: n queries at positions pos0..pos0+n-1
  * of cache slot `slot`, causal over the cache (which already holds K/V for
  * positions [0, pos0+n)). Tensor cores (bf16 WMMA, bf16 Q and P) for head_dim
- * 64 and 128 and n >= 64 queries; an fp32 scalar kernel otherwise (short
- * prompts then match the CPU engine more closely). Same q/out layout as k_attn_decode.
+ * 64 and 128 when n >= 64 queries or the keys exceed 256; an fp32 scalar
+ * kernel otherwise (short prompts then match the CPU engine more closely). Same q/out layout as k_attn_decode.
  */
 void k_attn_prefill(const float *q, int q_stride, int n, int pos0, int slot,
                     const kc_bf16 *kc, const kc_bf16 *vc, kc_attn_shape sh,

@@ -163,6 +163,7 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
             k_fill_normal_bf16(vc[c], kvn, 40 + c, 0.f, 1.f, s);
         }
         float *part = (float *)dalloc(k_attn_decode_part_floats(1, sh) * 4);
+        MB_CHECK(cudaMemset(part, 0, k_attn_decode_part_floats(1, sh) * 4));
         int32_t hpos = ctx - 1, hslot = 0, *dp = (int32_t *)dalloc(8);
         MB_CHECK(cudaMemcpy(dp, &hpos, 4, cudaMemcpyHostToDevice));
         MB_CHECK(cudaMemcpy(dp + 1, &hslot, 4, cudaMemcpyHostToDevice));

@@ -72,10 +72,12 @@ __device__ float largest_true(float lo, float hi, F pred)
 }
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)
-sample_kernel(const float *__restrict__ logits, int vocab, const int32_t *__restrict__ slots,
-              const float *__restrict__ us, const int32_t *__restrict__ do_sample,
-              kc_sampler_state st, kc_sample_out *__restrict__ out)
+sample_kernel(const float *logits, int vocab, const int32_t *slots,
+              const float *us, const int32_t *do_sample,
+              kc_sampler_state st, kc_sample_out *out)
 {
+    kc_pdl_trigger();
+    kc_pdl_wait();
     __shared__ SampleShared sh;
     __shared__ int s_tok;
     const int b = blockIdx.x;
@@ -204,6 +206,6 @@ extern "C" void k_sample(const float *logits, int vocab, int n, const int32_t *s
                          kc_sample_out *out, cudaStream_t s)
 {
     if (n <= 0) return;
-    sample_kernel<<<n, SAMPLE_THREADS, 0, s>>>(logits, vocab, slot, u, do_sample, st, out);
+    kc_launch(sample_kernel, dim3(n), dim3(SAMPLE_THREADS), 0, s, logits, vocab, slot, u, do_sample, st, out);
     KC_LAUNCH_CHECK();
 }
