@@ -44,7 +44,7 @@ ifeq ($(SAN),1)
   CFLAGS   += $(SANFLAGS)
   CXXFLAGS += $(SANFLAGS)
   LDFLAGS  += $(SANFLAGS)
-  BUILD    := build-san
+  BUILD    := $(BUILD)-san
 endif
 
 ifneq ($(NO_CUDA),1)
@@ -137,13 +137,15 @@ deps:
 model:
 	@bash scripts/fetch-model.sh
 
+# The main job: the OpenAI-compatible server with the default model on
+# 127.0.0.1:8080 (CUDA when a GPU is present, else the CPU engine).
 run: deps model all
-	$(BIN) generate --model default --chat "Write a haiku about a peregrine falcon." -n 64
+	$(BIN) serve --model default
 
 serve: $(BIN) model
 	$(BIN) serve --model default
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-*
 
 -include $(OBJS:.o=.d) $(BUILD)/server/main.d $(TEST_BINS:%=%.d)

@@ -148,6 +148,7 @@ static const struct { const char *name; int block; size_t bytes; } g_dtypes[PG_D
     [PG_F32] = {"F32", 1, 4},   [PG_F16] = {"F16", 1, 2},   [PG_BF16] = {"BF16", 1, 2},
     [PG_Q8_0] = {"Q8_0", 32, 34}, [PG_Q4_0] = {"Q4_0", 32, 18}, [PG_Q4_1] = {"Q4_1", 32, 20},
     [PG_I8] = {"I8", 1, 1},     [PG_I32] = {"I32", 1, 4},
+    [PG_QI8] = {"QI8", 1, 1},   [PG_QI4] = {"QI4", 2, 1},   /* q bytes only; see model/quant.h */
 };
 
 const char *pg_dtype_name(pg_dtype t) { return (unsigned)t < PG_DTYPE_COUNT ? g_dtypes[t].name : "?"; }

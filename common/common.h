@@ -95,9 +95,18 @@ int pg_read_file(const char *path, char **data, size_t *len, pg_err *err);
  *   Q4_0: { f16 d; u8 qs[16]; }             x = d*(q-8), q in 0..15 (18 bytes)
  *   Q4_1: { f16 d; f16 m; u8 qs[16]; }      x = d*q + m            (20 bytes)
  * Q4 nibbles: element j (0..15) is qs[j] & 15, element j+16 is qs[j] >> 4.
+ *
+ * Peregrine's own weight-only formats (model/quant.h has the full contract):
+ * the quantized values and the per-group f16 parameters live in separate
+ * arrays (tensor.data, tensor.qscale, tensor.qmin), the group size is per
+ * tensor (tensor.group), so these dtypes describe only tensor.data:
+ *   QI8: int8 q[rows][cols]                     x = s*q
+ *   QI4: u8 q[rows][cols/2], element c in byte c/2, low nibble for even c
+ *                                               x = s*q + m, q in 0..15
  */
 typedef enum {
     PG_F32 = 0, PG_F16, PG_BF16, PG_Q8_0, PG_Q4_0, PG_Q4_1, PG_I8, PG_I32,
+    PG_QI8, PG_QI4,
     PG_DTYPE_COUNT
 } pg_dtype;
 

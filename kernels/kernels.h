@@ -22,6 +22,11 @@
  *   - The KV cache of one (layer, slot) is two f32 arrays
  *     k, v: [n_kv_heads][max_seq][head_dim]; position p of kv head h is at
  *     (h * max_seq + p) * head_dim.
+ *   - int8 KV cache (--kv-cache int8, CPU and CUDA alike): the same layout
+ *     with int8 elements, plus one f32 scale per (kv head, position):
+ *     ks, vs: [n_kv_heads][max_seq] at h * max_seq + p. Each head vector is
+ *     quantized once, when written, by ref_kv_quant_int8; attention reads
+ *     x = s * q. bf16 KV: the same layout with bf16 elements, no scales.
  * Thread safety: every function is pure over its arguments; concurrent calls
  * on disjoint outputs are safe.
  */
@@ -81,6 +86,11 @@ void ref_rope(float *x, int n_heads, int head_dim, int pos, const float *inv_fre
 void ref_attention(float *out, const float *q, const float *k, const float *v,
                    int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
                    int max_seq, float *scratch);
+
+/* One head vector x[n] (f32) -> int8 q[n] and its scale (int8 KV cache):
+ *   a = max|x|; s = a / 127; q = s > 0 ? clamp(rintf(x / s), -127, 127) : 0.
+ * Dequantized: x ~= s * q. Any device's KV writer must match this bitwise. */
+void ref_kv_quant_int8(const float *x, int n, int8_t *q, float *scale);
 
 /* out[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)); out may alias. */
 void ref_silu_mul(float *out, const float *gate, const float *up, int64_t n);

@@ -67,6 +67,18 @@ void ref_embed(float *out, const void *table, pg_dtype t, int64_t dim, int64_t i
     ref_dequant_row(t, (const uint8_t *)table + (size_t)id * rb, out, dim);
 }
 
+/* ---------------------------------------------------------------- int8 KV */
+void ref_kv_quant_int8(const float *x, int n, int8_t *q, float *scale) {
+    float a = 0.f;
+    for (int i = 0; i < n; i++) a = fmaxf(a, fabsf(x[i]));
+    float s = a / 127.f;
+    for (int i = 0; i < n; i++) {
+        float v = s > 0.f ? rintf(x[i] / s) : 0.f;
+        q[i] = (int8_t)fminf(fmaxf(v, -127.f), 127.f);
+    }
+    *scale = s;
+}
+
 /* ---------------------------------------------------------------- rmsnorm */
 static float weight_at(const void *w, pg_dtype wt, int i) {
     switch (wt) {

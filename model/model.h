@@ -66,8 +66,14 @@ typedef struct {
     pg_dtype    dtype;
     int64_t     rows, cols;   /* 1-D tensors: rows = 1, cols = n */
     const void *data;         /* stored bytes, row-major, rows * row_bytes */
-    size_t      nbytes;
+    size_t      nbytes;       /* bytes of data (for QI8/QI4: of q only) */
     const char *name;         /* name in the file, for messages */
+    /* PG_QI8 / PG_QI4 only (model/quant.h): elements per quantization group
+     * along cols (cols for int8 per output channel), and the f16 parameters
+     * [rows][cols/group]: scale s and (QI4) minimum m. NULL otherwise. */
+    int             group;
+    const uint16_t *qscale;
+    const uint16_t *qmin;
 } tensor;
 
 typedef struct {

@@ -1,0 +1,76 @@
+/*
+ * model/quant.h — weight-only quantized matrices: the one contract that the
+ * CPU engine, the CUDA engine, `peregrine quantize` and the checkpoint reader
+ * share. At batch-1 decode every weight is read once per token, so fewer bytes
+ * per weight is proportionally more tokens/s.
+ *
+ * Formats (canonical host layout; a device may reorder once at upload into
+ * the layout its kernels want, but must compute the same values):
+ *
+ *   PG_QI8  int8 q[rows][cols], f16 qscale[rows][cols/group]
+ *             w[r][c] = s * q      s = qscale[r][c/group], q in -127..127
+ *           --quant int8 makes group = cols (one scale per output channel,
+ *           symmetric); GGUF Q8_0 loads exactly as group = 32.
+ *
+ *   PG_QI4  u8 q[rows][cols/2] (element c in byte c/2, low nibble for even c),
+ *           f16 qscale[rows][cols/group], f16 qmin[rows][cols/group]
+ *             w[r][c] = s * q + m  (the product rounded to f32, then the add),
+ *             q in 0..15
+ *           --quant int4 --group-size 32|64|128: asymmetric, a scale and a
+ *           zero point per group (gpt-fast / torchao int4 weight-only: their
+ *           "zero" z with w = (q - 8) s + z is our m + 8 s). GGUF Q4_1
+ *           (d*q + m) loads exactly as group = 32 with s = d, m = m; Q4_0
+ *           (d*(q-8)) as s = d, m = -8 d (exact in f16).
+ *
+ * Quantizer (quant_matrix; the CUDA quantizer must give bit-identical q and
+ * parameters so that CPU and GPU run the same model):
+ *   each group's source values are first converted to f32 (ref_dequant_row);
+ *   QI8: a = max|w|; s16 = f16(a / 127); sf = f32(s16);
+ *        q = sf > 0 ? clamp(rintf(w / sf), -127, 127) : 0
+ *   QI4: lo = min w, hi = max w; s16 = f16((hi - lo) / 15); m16 = f16(lo);
+ *        sf = f32(s16), mf = f32(m16);
+ *        q = sf > 0 ? clamp(rintf((w - mf) / sf), 0, 15) : 0
+ *   rintf rounds half to even (the default rounding mode); / is IEEE division.
+ *
+ * Units: group in elements along cols; nbytes of a quantized tensor counts q
+ * only (quant_tensor_bytes counts q + parameters).
+ */
+#ifndef PG_QUANT_H
+#define PG_QUANT_H
+
+#include "model.h"
+
+/* 1 if `group` is valid for `to` on a matrix of `cols` columns: QI8 any group
+ * that divides cols (cols itself = per channel); QI4 32, 64 or 128 dividing
+ * cols (cols even). */
+int    quant_group_ok(pg_dtype to, int group, int64_t cols);
+
+/* Bytes of q + qscale (+ qmin) of a rows x cols QI8/QI4 matrix. */
+size_t quant_tensor_bytes(pg_dtype t, int64_t rows, int64_t cols, int group);
+
+/*
+ * Quantize a matrix stored in any dtype (F32/F16/BF16/Q8_0/Q4_0/Q4_1) into a
+ * fresh QI8 or QI4 tensor with the quantizer above. *dst gets shape, dtype,
+ * group, data/qscale/qmin pointing into one malloc'd block returned in *mem
+ * (the caller frees it, after which *dst is invalid), and src's name.
+ * Rows [r0, r1) only when r1 > r0 (for threads: call on disjoint row ranges
+ * of a tensor prepared by quant_alloc); quant_matrix does all rows.
+ * Errors: PG_EINVAL for a bad group or dtype, PG_ENOMEM.
+ */
+int  quant_matrix(const tensor *src, pg_dtype to, int group, tensor *dst, void **mem,
+                  pg_err *err);
+int  quant_alloc(const tensor *src, pg_dtype to, int group, tensor *dst, void **mem,
+                 pg_err *err);
+void quant_rows(const tensor *src, tensor *dst, int64_t r0, int64_t r1);
+
+/*
+ * GGUF blocks -> our layout without a round trip through floats:
+ * Q8_0 -> QI8 group 32; Q4_0 and Q4_1 -> QI4 group 32. Dequantized values are
+ * bitwise those of ref_dequant_row on the source. PG_EINVAL for other dtypes.
+ */
+int  quant_from_gguf(const tensor *src, tensor *dst, void **mem, pg_err *err);
+
+/* dst[cols] = dequantized row r of a QI8/QI4 tensor (the reference). */
+void quant_dequant_row(const tensor *t, int64_t r, float *dst);
+
+#endif
