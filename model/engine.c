@@ -12,11 +12,49 @@ void engine_opts_default(engine_opts *o) {
     o->max_slots = 1;
     o->max_seq_len = 0;
     o->n_threads = 0;
-    o->kv = KV_F32;
+    o->kv = KV_AUTO;
     o->quant = WQUANT_NONE;
     o->group_size = 32;
+    o->quant_lm_head = 1;
     o->use_graphs = 1;
     o->gpu_id = 0;
+}
+
+const char *engine_quant_name(weight_quant q) {
+    switch (q) {
+    case WQUANT_NONE: return "none";
+    case WQUANT_BF16: return "bf16";
+    case WQUANT_INT8: return "int8";
+    case WQUANT_INT4: return "int4";
+    }
+    return "?";
+}
+
+const char *engine_kv_name(kv_dtype k) {
+    switch (k) {
+    case KV_AUTO: return "auto";
+    case KV_F32: return "f32";
+    case KV_BF16: return "bf16";
+    case KV_INT8: return "int8";
+    }
+    return "?";
+}
+
+int engine_opts_parse_formats(engine_opts *o, const char *quant, int group_size, const char *kv, pg_err *err) {
+    if (!quant || !strcmp(quant, "none")) o->quant = WQUANT_NONE;
+    else if (!strcmp(quant, "bf16")) o->quant = WQUANT_BF16;
+    else if (!strcmp(quant, "int8")) o->quant = WQUANT_INT8;
+    else if (!strcmp(quant, "int4")) o->quant = WQUANT_INT4;
+    else return pg_errf(err, PG_EINVAL, "--quant: '%s' is not one of none, bf16, int8, int4", quant);
+    if (group_size != 32 && group_size != 64 && group_size != 128)
+        return pg_errf(err, PG_EINVAL, "--group-size: %d is not one of 32, 64, 128", group_size);
+    o->group_size = group_size;
+    if (!kv || !strcmp(kv, "auto")) o->kv = KV_AUTO;
+    else if (!strcmp(kv, "f32")) o->kv = KV_F32;
+    else if (!strcmp(kv, "bf16")) o->kv = KV_BF16;
+    else if (!strcmp(kv, "int8")) o->kv = KV_INT8;
+    else return pg_errf(err, PG_EINVAL, "--kv-cache: '%s' is not one of auto, f32, bf16, int8", kv);
+    return PG_OK;
 }
 
 int engine_cuda_available(void) {
@@ -42,6 +80,7 @@ static int resolve_opts(const model *m, engine_opts *o, pg_err *err) {
     }
     if (o->n_threads < 1 || o->n_threads > 256)
         return pg_errf(err, PG_EINVAL, "engine: n_threads %d out of range [1, 256]", o->n_threads);
+    if (o->kv == KV_AUTO) o->kv = o->device == ENGINE_DEVICE_CUDA ? KV_BF16 : KV_F32;
     return PG_OK;
 }
 

@@ -30,22 +30,41 @@
 #include "model.h"
 
 typedef enum { ENGINE_DEVICE_CPU = 0, ENGINE_DEVICE_CUDA = 1 } engine_device;
-typedef enum { KV_F32 = 0, KV_BF16, KV_INT8 } kv_dtype;
-typedef enum { WQUANT_NONE = 0, WQUANT_INT8, WQUANT_INT4 } weight_quant;
+typedef enum { KV_AUTO = -1, KV_F32 = 0, KV_BF16, KV_INT8 } kv_dtype;
+/* Weight format the engine holds (model/quant.h):
+ *   NONE  as stored in the file (GGUF Q8_0/Q4_0/Q4_1 become QI8/QI4 group 32
+ *         exactly, on devices that want our layouts; F32/F16/BF16 stay plain
+ *         on the CPU, bf16 on CUDA)
+ *   BF16  every matrix converted to bf16 (the "unquantized" speed baseline)
+ *   INT8  per-output-channel symmetric int8 (QI8, group = cols)
+ *   INT4  group-wise asymmetric int4 (QI4, group_size 32/64/128)
+ * INT8/INT4 re-quantize from the weights as loaded (dequantized exactly). */
+typedef enum { WQUANT_NONE = 0, WQUANT_BF16, WQUANT_INT8, WQUANT_INT4 } weight_quant;
 
 typedef struct {
     engine_device device;
     int      max_slots;     /* KV cache rows; 1 until batching lands */
     int      max_seq_len;   /* tokens per slot; <= cfg.max_pos; 0 = min(cfg.max_pos, 4096) */
     int      n_threads;     /* CPU: worker threads; 0 = number of cores */
-    kv_dtype kv;            /* CPU default KV_F32, CUDA default KV_BF16 */
-    weight_quant quant;     /* re-quantize weights at load (issue: quantization) */
-    int      group_size;    /* int4 group size */
+    kv_dtype kv;            /* KV_AUTO (default): KV_F32 on the CPU, KV_BF16 on CUDA */
+    weight_quant quant;     /* re-quantize weights at load (model/quant.h) */
+    int      group_size;    /* int4 group size: 32, 64 or 128 (default 32) */
+    int      quant_lm_head; /* 1 (default): the LM head gets the same format as the
+                               other matrices; 0: the LM head keeps the stored
+                               format (bf16 on CUDA). The embedding table always
+                               keeps its stored format (one row is read per token). */
     int      use_graphs;    /* CUDA: capture decode in CUDA graphs (default 1) */
     int      gpu_id;
 } engine_opts;
 
 void engine_opts_default(engine_opts *o);
+/* Parse the user-facing names shared by generate, bench and serve:
+ * quant "none|bf16|int8|int4" (NULL = none), kv "auto|f32|bf16|int8"
+ * (NULL = auto), group_size (checked for int4: 32, 64, 128). */
+int  engine_opts_parse_formats(engine_opts *o, const char *quant, int group_size,
+                               const char *kv, pg_err *err);
+const char *engine_quant_name(weight_quant q);
+const char *engine_kv_name(kv_dtype k);
 /* 1 if this build has CUDA and a GPU is visible (cudaGetDeviceCount > 0). */
 int  engine_cuda_available(void);
 

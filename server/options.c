@@ -50,7 +50,10 @@ static const opt_def g_opts[] = {
     {"device", OPT_STR, F(device), "auto", 0, 0, "auto|cpu|cuda", "compute device; auto = cuda when a GPU is present"},
     {"threads", OPT_INT, F(threads), "0", 0, 1024, NULL, "CPU engine threads (0 = all cores)"},
     {"max-seq-len", OPT_INT, F(max_seq_len), "0", 0, 1 << 24, NULL, "context per request in tokens (0 = min(model context, 4096))"},
-    {"kv-dtype", OPT_STR, F(kv_dtype), "auto", 0, 0, "auto|f32|bf16|int8", "KV cache type (auto: f32 on CPU, bf16 on CUDA)"},
+    {"kv-cache", OPT_STR, F(kv_dtype), "auto", 0, 0, "auto|f32|bf16|int8", "KV cache type (auto: f32 on CPU, bf16 on CUDA)"},
+    {"quant", OPT_STR, F(quant), "none", 0, 0, "none|bf16|int8|int4", "weight format: as stored, bf16, int8 per channel, int4 grouped"},
+    {"group-size", OPT_INT, F(group_size), "32", 32, 128, NULL, "int4 group size: 32, 64 or 128"},
+    {"quant-lm-head", OPT_INT, F(quant_lm_head), "1", 0, 1, NULL, "1: the LM head gets the --quant format too; 0: keep it as stored"},
     {"gpu", OPT_INT, F(gpu_id), "0", 0, 64, NULL, "CUDA device index"},
     {"prefill-chunk", OPT_INT, F(prefill_chunk), "512", 1, 1 << 20, NULL, "prompt tokens per engine step (cancellation is checked between steps)"},
     {"config", OPT_STR, F(config), NULL, 0, 0, NULL, "JSON file of options (keys are option names); the command line wins"},
@@ -66,6 +69,7 @@ static const opt_def *find(const char *name) {
     for (char *p = norm; *p; p++)
         if (*p == '_') *p = '-';
     if (!strcmp(norm, "ctx")) snprintf(norm, sizeof norm, "max-seq-len");  /* alias */
+    if (!strcmp(norm, "kv-dtype")) snprintf(norm, sizeof norm, "kv-cache");  /* alias */
     for (int i = 0; i < N_OPTS; i++)
         if (!strcmp(g_opts[i].name, norm)) return &g_opts[i];
     return NULL;

@@ -76,8 +76,8 @@ static int load(srv_server *s, pg_err *err) {
     eo.n_threads = c->threads;
     eo.max_seq_len = c->max_seq_len;
     eo.gpu_id = c->gpu_id;
-    eo.kv = !strcmp(c->kv_dtype, "f32") ? KV_F32 : !strcmp(c->kv_dtype, "bf16") ? KV_BF16
-          : !strcmp(c->kv_dtype, "int8") ? KV_INT8 : dev == ENGINE_DEVICE_CUDA ? KV_BF16 : KV_F32;
+    PG_TRY(engine_opts_parse_formats(&eo, c->quant, c->group_size, c->kv_dtype, err));
+    eo.quant_lm_head = c->quant_lm_head;
     PG_TRY(engine_create(s->m, &eo, &s->e, err));
     engine_info_t info;
     engine_info(s->e, &info);

@@ -251,8 +251,9 @@ void sched_free(sched *s);
 /* ---------------------------------------------------------------- options.c */
 typedef struct {
     char   *model, *random_weights, *tokenizer, *alias, *host, *api_key;
-    char   *chat_template, *log_format, *device, *kv_dtype, *config;
+    char   *chat_template, *log_format, *device, *kv_dtype, *quant, *config;
     int     port, max_queue, max_conns, http_threads, threads, max_seq_len, gpu_id, prefill_chunk;
+    int     group_size, quant_lm_head;
     int64_t max_body, max_header;   /* bytes */
     double  conn_timeout, timeout, grace;  /* seconds */
 } server_config;

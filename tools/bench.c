@@ -23,8 +23,8 @@
 #endif
 
 typedef struct {
-    const char *model, *random, *device, *dtype;
-    int prompt, new_tokens, batch, runs, ctx, max_seq, threads, no_graphs, kernels;
+    const char *model, *random, *device, *dtype, *quant, *kv;
+    int prompt, new_tokens, batch, runs, ctx, max_seq, threads, no_graphs, kernels, group_size, no_quant_lm_head;
 } bench_args;
 
 static void bench_usage(FILE *f)
@@ -40,6 +40,10 @@ static void bench_usage(FILE *f)
         "  --max-seq-len N          KV cache positions per slot (default: what the run needs)\n"
         "  --dtype bf16|f32         dtype of random weights (default bf16)\n"
         "  --threads N              CPU threads\n"
+        "  --quant none|bf16|int8|int4  weight format (default none = as stored)\n"
+        "  --group-size 32|64|128   int4 group size (default 32)\n"
+        "  --no-quant-lm-head       keep the LM head in its stored format under --quant\n"
+        "  --kv-cache auto|f32|bf16|int8  KV cache type (default auto: f32 CPU, bf16 CUDA)\n"
         "  --no-graphs              CUDA: run decode eagerly instead of replaying graphs\n"
         "  --kernels                CUDA kernel micro-benchmarks at the model's shape\n");
 }
@@ -49,6 +53,7 @@ static int bench_parse(int argc, char **argv, bench_args *a)
     memset(a, 0, sizeof *a);
     a->device = "auto"; a->dtype = "bf16";
     a->prompt = 5; a->new_tokens = 200; a->batch = 1; a->runs = 5;
+    a->quant = "none"; a->kv = "auto"; a->group_size = 32;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define STR(name, field) if (!strcmp(k, name)) { if (!v) goto missing; a->field = v; i++; continue; }
@@ -57,10 +62,12 @@ static int bench_parse(int argc, char **argv, bench_args *a)
         STR("--model", model) STR("--random-weights", random) STR("--device", device) STR("--dtype", dtype)
         INT("--prompt-len", prompt) INT("--new-tokens", new_tokens) INT("--batch", batch)
         INT("--runs", runs) INT("--ctx", ctx) INT("--max-seq-len", max_seq) INT("--threads", threads)
+        STR("--quant", quant) STR("--kv-cache", kv) INT("--group-size", group_size)
 #undef STR
 #undef INT
         if (!strcmp(k, "--no-graphs")) { a->no_graphs = 1; continue; }
         if (!strcmp(k, "--kernels")) { a->kernels = 1; continue; }
+        if (!strcmp(k, "--no-quant-lm-head")) { a->no_quant_lm_head = 1; continue; }
         if (!strcmp(k, "--help") || !strcmp(k, "-h")) { bench_usage(stdout); return 1; }
         fprintf(stderr, "bench: unknown option %s\n", k);
         bench_usage(stderr);
@@ -236,7 +243,9 @@ int bench_main(int argc, char **argv)
     eo.max_slots = a.batch;
     eo.n_threads = a.threads;
     eo.use_graphs = !a.no_graphs;
-    if (cuda) eo.kv = KV_BF16;
+    rc = engine_opts_parse_formats(&eo, a.quant, a.group_size, a.kv, &err);
+    if (rc) goto fail;
+    eo.quant_lm_head = !a.no_quant_lm_head;
     eo.max_seq_len = a.max_seq ? a.max_seq : n_prompt + a.new_tokens;
     if (eo.max_seq_len > c->max_pos && c->max_pos > 0) eo.max_seq_len = c->max_pos;
     double te = pg_now();
