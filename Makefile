@@ -44,7 +44,7 @@ ifeq ($(SAN),1)
   CFLAGS   += $(SANFLAGS)
   CXXFLAGS += $(SANFLAGS)
   LDFLAGS  += $(SANFLAGS)
-  BUILD    := $(BUILD)-san
+  override BUILD := $(BUILD)-san
 endif
 
 ifneq ($(NO_CUDA),1)

@@ -87,6 +87,21 @@ void ref_attention(float *out, const float *q, const float *k, const float *v,
                    int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
                    int max_seq, float *scratch);
 
+/* ref_attention over a bf16 KV cache (same layout, bf16 elements): every
+ * element is widened to f32 (exact) and used as ref_attention uses its f32
+ * cache, so it equals ref_attention over the widened cache bitwise. */
+void ref_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                        int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
+                        int max_seq, float *scratch);
+
+/* ref_attention over an int8 KV cache (conventions above): element d of
+ * position p of kv head h is dequantized as ks[h*max_seq+p] * (float)k[...]
+ * (one f32 product) and used as ref_attention uses its f32 cache, so it
+ * equals ref_attention over the dequantized cache bitwise. */
+void ref_attention_int8(float *out, const float *q, const int8_t *k, const float *ks,
+                        const int8_t *v, const float *vs, int n_q, int pos0, int n_heads,
+                        int n_kv_heads, int head_dim, int max_seq, float *scratch);
+
 /* One head vector x[n] (f32) -> int8 q[n] and its scale (int8 KV cache):
  *   a = max|x|; s = a / 127; q = s > 0 ? clamp(rintf(x / s), -127, 127) : 0.
  * Dequantized: x ~= s * q. Any device's KV writer must match this bitwise. */
@@ -99,6 +114,31 @@ void ref_silu_mul(float *out, const float *gate, const float *up, int64_t n);
  * in column order. */
 void ref_matmul(float *y, const float *x, int n, const void *w, pg_dtype wt,
                 int64_t rows, int64_t cols);
+
+/* Weight-only quantized matrix (model/quant.h formats QI8 / QI4) as raw
+ * arrays, so kernels/ needs nothing from model/. Borrowed pointers.
+ *   QI8: q int8 [rows][cols],            w[r][c] = s * q
+ *   QI4: q u8 [rows][cols/2] (element c in byte c/2, low nibble for even c),
+ *        w[r][c] = s * q + m (the product rounded to f32, then the add)
+ *   s = f16 scale[r][c/group], m = f16 min[r][c/group] (QI4 only).
+ * group divides cols; QI4: group % 32 == 0 (32, 64, 128), QI8: any divisor
+ * (cols itself = one scale per output channel). */
+typedef struct {
+    pg_dtype        dtype;    /* PG_QI8 or PG_QI4 */
+    int64_t         rows, cols;
+    int             group;    /* elements per group along cols */
+    const void     *q;
+    const uint16_t *scale;    /* [rows][cols/group] */
+    const uint16_t *min;      /* [rows][cols/group]; NULL for QI8 */
+} qmatrix;
+
+/* dst[cols] = dequantized row r of w (the formulas above, exactly). */
+void ref_qdequant_row(const qmatrix *w, int64_t r, float *dst);
+
+/* y[n][rows] = x[n][cols] . W^T for a quantized W: each row dequantized with
+ * ref_qdequant_row, then f32 accumulation in column order (the "dequantized
+ * reference" that every quantized kernel is tested against). */
+void ref_matmul_q(float *y, const float *x, int n, const qmatrix *w);
 
 /* ================================================================ fast CPU (ref_fast.c) */
 
@@ -124,11 +164,38 @@ void cpu_matmul(float *y, const float *x, int n, const void *w, pg_dtype wt,
 void cpu_matmul_isa(cpu_isa isa, float *y, const float *x, int n, const void *w,
                     pg_dtype wt, int64_t rows, int64_t cols, int64_t r0, int64_t r1);
 
+/* ref_matmul_q restricted to output rows [r0, r1) (y keeps its row stride
+ * w->rows); the result for token t does not depend on n, as for cpu_matmul.
+ * The group scale comes out of the group's dot product:
+ *   sum_c x_c (s q_c + m) = s * sum_c q_c x_c + m * sum_c x_c,
+ * the same math as the reference with f32 rounding in other places
+ * (<= 1.1e-5 relative in the tests). QI4 reads x in a nibble-deinterleaved copy
+ * built on the stack per tile of tokens (at most QMM_STACK_FLOATS floats);
+ * rows wider than that run the scalar path. No allocation. */
+#define QMM_STACK_FLOATS 32768
+void cpu_matmul_q(float *y, const float *x, int n, const qmatrix *w, int64_t r0, int64_t r1);
+/* cpu_matmul_q on a given path (must be available). */
+void cpu_matmul_q_isa(cpu_isa isa, float *y, const float *x, int n, const qmatrix *w,
+                      int64_t r0, int64_t r1);
+
 /* ref_attention restricted to query heads [h0, h1). scratch: >= pos0 + n_q
  * floats, private to the caller (one per thread). */
 void cpu_attention(float *out, const float *q, const float *k, const float *v,
                    int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
                    int max_seq, float *scratch, int h0, int h1);
+
+/* cpu_attention over a bf16 / int8 KV cache (ref_attention_bf16 / _int8
+ * restricted to query heads [h0, h1)). Elements are widened in registers;
+ * the int8 path factors the position's scale out of the head_dim dot
+ * product (s * sum(q k)) and into the softmax weight of V (a * s), the same
+ * math with f32 rounding in a different place (<= 1e-6 relative in tests). */
+void cpu_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                        int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
+                        int max_seq, float *scratch, int h0, int h1);
+void cpu_attention_int8(float *out, const float *q, const int8_t *k, const float *ks,
+                        const int8_t *v, const float *vs, int n_q, int pos0, int n_heads,
+                        int n_kv_heads, int head_dim, int max_seq, float *scratch,
+                        int h0, int h1);
 
 /* ref_rope split in two so a token's cos/sin are computed once for all
  * layers: cpu_rope_cs fills cs[head_dim/2][2] = {cos, sin}((float)pos *

@@ -146,21 +146,42 @@ void ref_rope(float *x, int n_heads, int head_dim, int pos, const float *inv_fre
 }
 
 /* ---------------------------------------------------------------- attention */
-void ref_attention(float *out, const float *q, const float *k, const float *v,
-                   int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
-                   int max_seq, float *scratch) {
+/* Element d of position p of one kv head's cache, as f32: the f32 value;
+ * bf16 widened (exact); int8 dequantized as scale[p] * q (one f32 product,
+ * kernels.h conventions). The three ref_attention* entry points share one
+ * loop so the math cannot drift apart between cache types. */
+typedef enum { REF_KV_F32, REF_KV_BF16, REF_KV_INT8 } ref_kv_type;
+
+static float kv_at(ref_kv_type t, const void *base, const float *scales, int p, int d, int head_dim) {
+    size_t i = (size_t)p * head_dim + d;
+    switch (t) {
+    case REF_KV_F32: return ((const float *)base)[i];
+    case REF_KV_BF16: return pg_bf16_to_f32(((const uint16_t *)base)[i]);
+    case REF_KV_INT8: return scales[p] * (float)((const int8_t *)base)[i];
+    }
+    return 0.0f;
+}
+
+static void attention_any(ref_kv_type kt, float *out, const float *q,
+                          const void *k, const float *ks, const void *v, const float *vs,
+                          int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
+                          int max_seq, float *scratch) {
     int group = n_heads / n_kv_heads;
+    size_t esz = kt == REF_KV_F32 ? 4 : kt == REF_KV_BF16 ? 2 : 1;   /* bytes per element */
     float scale = 1.0f / sqrtf((float)head_dim);
     for (int t = 0; t < n_q; t++) {
         int n_ctx = pos0 + t + 1;   /* causal: positions [0, pos0 + t] */
         for (int h = 0; h < n_heads; h++) {
+            int kvh = h / group;
             const float *qh = q + ((size_t)t * n_heads + h) * head_dim;
-            const float *kh = k + (size_t)(h / group) * max_seq * head_dim;
-            const float *vh = v + (size_t)(h / group) * max_seq * head_dim;
+            const void *kh = (const uint8_t *)k + (size_t)kvh * max_seq * head_dim * esz;
+            const void *vh = (const uint8_t *)v + (size_t)kvh * max_seq * head_dim * esz;
+            const float *ksh = ks ? ks + (size_t)kvh * max_seq : NULL;
+            const float *vsh = vs ? vs + (size_t)kvh * max_seq : NULL;
             float mx = -INFINITY;
             for (int p = 0; p < n_ctx; p++) {
                 float s = 0.0f;
-                for (int d = 0; d < head_dim; d++) s += qh[d] * kh[(size_t)p * head_dim + d];
+                for (int d = 0; d < head_dim; d++) s += qh[d] * kv_at(kt, kh, ksh, p, d, head_dim);
                 scratch[p] = s * scale;
                 if (scratch[p] > mx) mx = scratch[p];
             }
@@ -173,10 +194,31 @@ void ref_attention(float *out, const float *q, const float *k, const float *v,
             for (int d = 0; d < head_dim; d++) oh[d] = 0.0f;
             for (int p = 0; p < n_ctx; p++) {
                 float a = scratch[p] / sum;
-                for (int d = 0; d < head_dim; d++) oh[d] += a * vh[(size_t)p * head_dim + d];
+                for (int d = 0; d < head_dim; d++) oh[d] += a * kv_at(kt, vh, vsh, p, d, head_dim);
             }
         }
     }
+}
+
+void ref_attention(float *out, const float *q, const float *k, const float *v,
+                   int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
+                   int max_seq, float *scratch) {
+    attention_any(REF_KV_F32, out, q, k, NULL, v, NULL, n_q, pos0, n_heads, n_kv_heads, head_dim,
+                  max_seq, scratch);
+}
+
+void ref_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                        int n_q, int pos0, int n_heads, int n_kv_heads, int head_dim,
+                        int max_seq, float *scratch) {
+    attention_any(REF_KV_BF16, out, q, k, NULL, v, NULL, n_q, pos0, n_heads, n_kv_heads, head_dim,
+                  max_seq, scratch);
+}
+
+void ref_attention_int8(float *out, const float *q, const int8_t *k, const float *ks,
+                        const int8_t *v, const float *vs, int n_q, int pos0, int n_heads,
+                        int n_kv_heads, int head_dim, int max_seq, float *scratch) {
+    attention_any(REF_KV_INT8, out, q, k, ks, v, vs, n_q, pos0, n_heads, n_kv_heads, head_dim,
+                  max_seq, scratch);
 }
 
 /* ---------------------------------------------------------------- mlp */
@@ -195,6 +237,40 @@ void ref_matmul(float *y, const float *x, int n, const void *w, pg_dtype wt,
     float *row = pg_xmalloc((size_t)cols * sizeof(float));
     for (int64_t r = 0; r < rows; r++) {
         ref_dequant_row(wt, (const uint8_t *)w + (size_t)r * rb, row, cols);
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (size_t)t * cols;
+            float s = 0.0f;
+            for (int64_t c = 0; c < cols; c++) s += xt[c] * row[c];
+            y[(size_t)t * rows + r] = s;
+        }
+    }
+    free(row);
+}
+
+/* ---------------------------------------------------------------- quantized matmul */
+void ref_qdequant_row(const qmatrix *w, int64_t r, float *dst) {
+    PG_ASSERT((w->dtype == PG_QI8 || w->dtype == PG_QI4) && w->group > 0 && w->cols % w->group == 0);
+    int64_t cols = w->cols, g = w->group, ng = cols / g;
+    const uint16_t *s = w->scale + r * ng;
+    if (w->dtype == PG_QI8) {
+        const int8_t *q = (const int8_t *)w->q + (size_t)r * (size_t)cols;
+        for (int64_t c = 0; c < cols; c++) dst[c] = pg_f16_to_f32(s[c / g]) * (float)q[c];
+        return;
+    }
+    const uint8_t *q = (const uint8_t *)w->q + (size_t)r * (size_t)(cols / 2);
+    const uint16_t *m = w->min + r * ng;
+    for (int64_t c = 0; c < cols; c++) {
+        int v = (q[c / 2] >> (4 * (c & 1))) & 15;
+        float p = pg_f16_to_f32(s[c / g]) * (float)v;   /* rounded to f32 before the add */
+        dst[c] = p + pg_f16_to_f32(m[c / g]);
+    }
+}
+
+void ref_matmul_q(float *y, const float *x, int n, const qmatrix *w) {
+    int64_t rows = w->rows, cols = w->cols;
+    float *row = pg_xmalloc((size_t)cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        ref_qdequant_row(w, r, row);
         for (int t = 0; t < n; t++) {
             const float *xt = x + (size_t)t * cols;
             float s = 0.0f;

@@ -153,6 +153,7 @@ void engine_info(const engine *e, engine_info_t *info) {
     info->weight_bytes = e->weight_bytes;
     info->kv_bytes = e->kv_bytes;
     info->kv_bytes_per_token = e->kv_bytes_per_token;
+    info->step_weight_bytes = e->step_weight_bytes;
 }
 
 int engine_slot_reset(engine *e, int slot, const sampler_params *p, pg_err *err) {

@@ -113,6 +113,9 @@ typedef struct {
     size_t weight_bytes;       /* bytes of weights as held on the device */
     size_t kv_bytes;           /* bytes of the whole KV cache */
     size_t kv_bytes_per_token; /* KV bytes written per token position (all layers) */
+    size_t step_weight_bytes;  /* weight bytes one decode step reads (every matrix with its
+                                  scales/mins, norms, the LM head; the embedding table only
+                                  when it is the LM head); 0 = not reported by the backend */
 } engine_info_t;
 
 int  engine_create(const model *m, const engine_opts *opts, engine **out, pg_err *err);

@@ -4,11 +4,21 @@
  * Memory (all cudaMalloc'd once in init, never in a step):
  *   weights      one allocation; per layer wqkv [(nh+2nkv)*hd][dim] (q, k, v
  *                rows concatenated), wo, w13 [2*hidden][dim] (gate rows then
- *                up rows), w2; norms as f32. Float weights (F32/F16/BF16) are
- *                held as bf16; Q8_0/Q4_0/Q4_1 keep their blocks, split into
- *                quant and scale arrays (kc_matrix) and dequantized inside the
- *                matrix-vector kernels.
- *   KV cache     bf16 [layer][slot][kv_head][max_seq][head_dim], K and V.
+ *                up rows), w2; norms as f32. Each matrix is bf16 or one of
+ *                our quantized formats (QI8/QI4, kernels_cuda.h), chosen by
+ *                opts.quant (mat_fmt): NONE keeps float weights as bf16 and
+ *                converts GGUF Q8_0/Q4_0/Q4_1 exactly to QI8/QI4 group 32;
+ *                BF16 makes all bf16; INT8/INT4 quantize on the device
+ *                (k_quantize, bit-identical to quant_matrix) from what was
+ *                uploaded. The embedding table keeps its stored format (one
+ *                row gathered per token); the LM head follows opts.quant
+ *                unless quant_lm_head = 0 (then as NONE), and shares the
+ *                table when tied and of the same format.
+ *   KV cache     [layer][slot][kv_head][max_seq][head_dim], K and V: bf16
+ *                (--kv-cache bf16, the default) or int8 (--kv-cache int8)
+ *                with one f32 scale per (layer, slot, kv_head, position) for
+ *                K and V, quantized when written (k_rope_kv_write_int8) and
+ *                dequantized inside the attention kernels. f32 is refused.
  *   activations  for CU_CHUNK tokens (prefill chunk) >= max_slots rows (decode).
  *   step I/O     device arrays of token ids, positions, slots, uniforms and
  *                sample flags, filled from pinned host arrays by copies that
@@ -21,13 +31,12 @@
  * kernels/cuda/kc_util.cuh; PEREGRINE_NO_PDL=1 turns it off): each starts
  * while its predecessor drains, the matrix-vector kernels with their first
  * weight loads already in flight.
- * Float weights are converted to bf16 at load time; Q8_0/Q4_0/Q4_1 stay
- * quantized (dequantized in the matrix-vector kernels; a quantized model's
- * prefill also uses them, 8 tokens per weight pass). The KV cache is bf16
- * whatever opts.kv says (KV_INT8 is refused).
+ * Quantized matrices are dequantized in registers by the decode kernels
+ * (gemv_quant.cu).
  * Prefill runs eagerly, one row at a time, in chunks of CU_CHUNK tokens;
- * chunks of >= CU_GEMM_MIN tokens with bf16 weights use cuBLASLt, the rest
- * the matrix-vector kernels (8 tokens per weight pass).
+ * chunks of >= CU_GEMM_MIN tokens use the tensor cores (cuBLASLt; quantized
+ * matrices are first dequantized to bf16 tile by tile into qscratch), the
+ * rest the matrix-vector kernels (8 tokens per weight pass).
  * Sampling runs on the device inside forward() (the graph ends with it);
  * sample() waits for the step and hands the ids to the caller.
  * Thread safety: one engine thread drives it (engine.h).
@@ -40,11 +49,15 @@
 #include <string.h>
 #include "../kernels/kernels.h"
 #include "../kernels/cuda/kernels_cuda.h"
+#include "quant.h"
 
 #define CU_CHUNK     512         /* prefill tokens per forward chunk */
 #define CU_GEMM_MIN  16          /* prefill chunks this long use cuBLASLt (bf16 weights) */
 #define CU_KEEP_ROWS 8           /* logits rows computed at once for keep_all_logits */
+#define CU_PF_DEC    16          /* prefill chunks this short after a long context use the decode attention */
 #define CU_STAGE     (64u << 20) /* bytes of each of the two pinned staging buffers */
+#define CU_QSCRATCH  (32u << 20) /* bf16 elements of dequantized weight tiles for prefill (64 MiB: row tiles of
+                                    several thousand rows, enough GEMM tiles to fill the GPU) */
 
 typedef struct {
     float    *attn_norm, *ffn_norm;   /* [dim] */
@@ -56,7 +69,11 @@ typedef struct {
     int max_slots, max_seq, ch;
     float eps;
     kc_attn_shape sh;
-    int all_bf16;                 /* every matrix is bf16: prefill may use cuBLASLt */
+    weight_quant quant;           /* engine_opts.quant, group_size, quant_lm_head */
+    int group, quant_lm_head;
+    int any_q;                    /* some matrix is QI8/QI4: prefill dequantizes tiles */
+    kc_bf16 *qscratch;            /* CU_QSCRATCH bf16 elements for those tiles */
+    size_t    dev_used0, dev_peak;  /* device bytes in use before init / at its peak (load staging) */
 
     cudaStream_t st;
     kc_gemm_ctx *gemm;
@@ -66,8 +83,13 @@ typedef struct {
     kc_matrix emb, lm_head;       /* lm_head == emb when tied */
     float    *out_norm, *inv_freq;
 
-    kc_bf16  *kc, *vc;            /* [layer][slot][kv_head][max_seq][hd] */
+    void     *kvbuf;              /* the whole KV cache, one allocation */
+    int       kv8;                /* 1: int8 elements + scales; 0: bf16 */
+    kc_bf16  *kc, *vc;            /* bf16: [layer][slot][kv_head][max_seq][hd] */
+    int8_t   *kc8, *vc8;          /* int8: same layout */
+    float    *ks, *vs;            /* int8 scales: [layer][slot][kv_head][max_seq] */
     size_t    kv_layer;           /* elements per layer */
+    size_t    kvs_layer;          /* scales per layer (int8) */
 
     void     *abuf;               /* activations, one allocation */
     float    *x, *xn, *y, *qkv, *att, *h, *gu, *part, *logits, *swork;
@@ -107,16 +129,47 @@ static void *carve(carver *c, size_t bytes)
     return p;
 }
 
-static pg_dtype dev_dtype(pg_dtype t)
+/* Device format of a matrix stored as tensor t, `cols` wide (engine.h
+ * weight_quant): NONE keeps floats as bf16, turns GGUF blocks into QI8/QI4
+ * group 32 exactly and keeps QI8/QI4 tensors (a `peregrine quantize`
+ * checkpoint) as they are; BF16 makes everything bf16; INT8 is QI8 per output
+ * channel, INT4 QI4 with the group quant_group_for gives this width (as the
+ * CPU engine, so both devices hold the same model). plain = 1 forces NONE
+ * (the embedding table, and the LM head under quant_lm_head = 0). */
+typedef struct { pg_dtype t; int group; } cu_fmt;
+static int is_gguf(pg_dtype t) { return t == PG_Q8_0 || t == PG_Q4_0 || t == PG_Q4_1; }
+static int is_qi(pg_dtype t) { return t == PG_QI8 || t == PG_QI4; }
+static cu_fmt mat_fmt(const cu_state *s, const tensor *t, int cols, int plain)
 {
-    return (t == PG_Q8_0 || t == PG_Q4_0 || t == PG_Q4_1) ? t : PG_BF16;
+    switch (plain ? WQUANT_NONE : s->quant) {
+    case WQUANT_BF16: return (cu_fmt){ PG_BF16, 0 };
+    case WQUANT_INT8: return (cu_fmt){ PG_QI8, cols };
+    case WQUANT_INT4: return (cu_fmt){ PG_QI4, quant_group_for(PG_QI4, s->group, cols) };
+    default:
+        if (t->dtype == PG_Q8_0) return (cu_fmt){ PG_QI8, 32 };
+        if (t->dtype == PG_Q4_0 || t->dtype == PG_Q4_1) return (cu_fmt){ PG_QI4, 32 };
+        if (is_qi(t->dtype)) return (cu_fmt){ t->dtype, t->group };
+        return (cu_fmt){ PG_BF16, 0 };
+    }
+}
+/* The LM head's source tensor (the embedding table when tied) and format. */
+static const tensor *lm_src(const model *m) { return m->cfg.tie_embeddings ? &m->w.tok_embd : &m->w.lm_head; }
+static cu_fmt lm_fmt(const cu_state *s, const model *m)
+{
+    return mat_fmt(s, lm_src(m), s->dim, !s->quant_lm_head);
+}
+/* 1 when the tied LM head can share the embedding table's device copy. */
+static int lm_shares_emb(const cu_state *s, const model *m)
+{
+    cu_fmt a = mat_fmt(s, &m->w.tok_embd, s->dim, 1), b = lm_fmt(s, m);
+    return m->cfg.tie_embeddings && a.t == b.t && a.group == b.group;
 }
 
-static void carve_matrix(carver *c, kc_matrix *m, pg_dtype t, int rows, int cols)
+static void carve_matrix(carver *c, kc_matrix *m, cu_fmt f, int rows, int cols)
 {
-    m->dtype = t; m->rows = rows; m->cols = cols;
-    m->q = carve(c, kc_matrix_q_bytes(t, rows, cols));
-    size_t sb = kc_matrix_s_bytes(t, rows, cols);
+    m->dtype = f.t; m->rows = rows; m->cols = cols; m->group = f.group;
+    m->q = carve(c, kc_qm_q_bytes(f.t, rows, cols, f.group));
+    size_t sb = kc_qm_s_bytes(f.t, rows, cols, f.group);
     m->s = sb ? carve(c, sb) : NULL;
 }
 
@@ -128,14 +181,14 @@ static void carve_weights(cu_state *s, const model *m, carver *c)
         cu_layer *L = &s->L[l];
         L->attn_norm = carve(c, (size_t)s->dim * 4);
         L->ffn_norm = carve(c, (size_t)s->dim * 4);
-        carve_matrix(c, &L->wqkv, dev_dtype(lw->wq.dtype), s->qkv_rows, s->dim);
-        carve_matrix(c, &L->wo, dev_dtype(lw->wo.dtype), s->dim, s->q_rows);
-        carve_matrix(c, &L->w13, dev_dtype(lw->w_gate.dtype), 2 * s->hidden, s->dim);
-        carve_matrix(c, &L->w2, dev_dtype(lw->w_down.dtype), s->dim, s->hidden);
+        carve_matrix(c, &L->wqkv, mat_fmt(s, &lw->wq, s->dim, 0), s->qkv_rows, s->dim);
+        carve_matrix(c, &L->wo, mat_fmt(s, &lw->wo, s->q_rows, 0), s->dim, s->q_rows);
+        carve_matrix(c, &L->w13, mat_fmt(s, &lw->w_gate, s->dim, 0), 2 * s->hidden, s->dim);
+        carve_matrix(c, &L->w2, mat_fmt(s, &lw->w_down, s->hidden, 0), s->dim, s->hidden);
     }
-    carve_matrix(c, &s->emb, dev_dtype(w->tok_embd.dtype), s->vocab, s->dim);
-    if (m->cfg.tie_embeddings) s->lm_head = s->emb;
-    else carve_matrix(c, &s->lm_head, dev_dtype(w->lm_head.dtype), s->vocab, s->dim);
+    carve_matrix(c, &s->emb, mat_fmt(s, &w->tok_embd, s->dim, 1), s->vocab, s->dim);
+    if (lm_shares_emb(s, m)) s->lm_head = s->emb;
+    else carve_matrix(c, &s->lm_head, lm_fmt(s, m), s->vocab, s->dim);
     s->out_norm = carve(c, (size_t)s->dim * 4);
     s->inv_freq = carve(c, (size_t)s->hd / 2 * 4);
 }
@@ -152,9 +205,10 @@ static void carve_acts(cu_state *s, carver *c)
     s->qkv = carve(c, ch * s->qkv_rows * 4);
     s->att = carve(c, ch * s->q_rows * 4);
     s->h = carve(c, ch * s->hidden * 4);
-    s->gu = s->all_bf16 ? carve(c, ch * 2 * s->hidden * 4) : NULL;
+    s->gu = carve(c, ch * 2 * s->hidden * 4);
+    s->qscratch = s->any_q ? carve(c, (size_t)CU_QSCRATCH * 2) : NULL;
     s->xb = carve(c, ch * wide * 2);
-    s->part = carve(c, k_attn_decode_part_floats(s->max_slots, s->sh) * 4);
+    s->part = carve(c, k_attn_decode_part_floats(s->max_slots > CU_PF_DEC ? s->max_slots : CU_PF_DEC, s->sh) * 4);
     s->logits = carve(c, (ms + CU_KEEP_ROWS) * V * 4);
     s->swork = carve(c, ms * V * 4);
     s->d_tok = carve(c, ch * 4);
@@ -205,22 +259,35 @@ static void up_copy(uploader *u, void *dst, const void *src, size_t n)
 
 static uint64_t cu_seed(uint64_t seed, int i) { return seed ^ ((uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull); }
 
-/* One source tensor into rows [row0, row0 + t->rows) of m. */
-static void up_matrix(uploader *u, const tensor *t, kc_matrix *m, int64_t row0, uint64_t seed)
+/* One source tensor into rows [row0, row0 + t->rows) of m, converted to m's
+ * format on the device. exact: GGUF blocks go to QI8/QI4 g32 bit for bit
+ * (k_quant_from_gguf); otherwise QI8/QI4 targets are quantized from the
+ * exactly dequantized source (k_quantize = quant_matrix). */
+static void up_matrix(uploader *u, const tensor *t, kc_matrix *m, int64_t row0, uint64_t seed, int exact)
 {
     int64_t n = t->rows * t->cols;
-    if (!t->data) {   /* random weights drawn on the device */
-        PG_ASSERT(m->dtype == PG_BF16);
-        k_fill_normal_bf16((kc_bf16 *)m->q + row0 * m->cols, n, seed, 0.f, 0.02f, u->st);
-    } else if (t->dtype == PG_BF16) {
-        up_copy(u, (kc_bf16 *)m->q + row0 * m->cols, t->data, t->nbytes);
-    } else if (t->dtype == PG_F32 || t->dtype == PG_F16) {
-        up_copy(u, u->dstage, t->data, t->nbytes);
-        k_to_bf16(u->dstage, t->dtype, n, (kc_bf16 *)m->q + row0 * m->cols, u->st);
-    } else {
-        up_copy(u, u->dstage, t->data, t->nbytes);
-        k_repack_blocks(u->dstage, t->dtype, t->rows, t->cols, m, row0, u->st);
+    kc_bf16 *dst16 = m->dtype == PG_BF16 ? (kc_bf16 *)m->q + row0 * m->cols : NULL;
+    if (!t->data) {   /* random weights drawn on the device (bf16), then quantized */
+        k_fill_normal_bf16(dst16 ? dst16 : (kc_bf16 *)u->dstage, n, seed, 0.f, 0.02f, u->st);
+        if (!dst16) k_quantize(u->dstage, PG_BF16, t->rows, t->cols, m, row0, u->st);
+        return;
     }
+    if (dst16 && t->dtype == PG_BF16) { up_copy(u, dst16, t->data, t->nbytes); return; }
+    if (is_qi(t->dtype)) {   /* a quantized checkpoint: same format on the device (mat_fmt) */
+        PG_ASSERT(m->dtype == t->dtype && m->group == t->group && t->cols == m->cols);
+        size_t ng = (size_t)t->rows * (size_t)(t->cols / t->group), pb = t->dtype == PG_QI4 ? 4 : 2;
+        up_copy(u, (uint8_t *)m->q + (size_t)row0 * pg_dtype_row_bytes(t->dtype, t->cols), t->data, t->nbytes);
+        void *params = pg_xmalloc(ng * pb);
+        kc_pack_qparams(t->dtype, t->qscale, t->qmin, ng, params);
+        up_copy(u, (uint8_t *)m->s + (size_t)row0 * (size_t)(t->cols / t->group) * pb, params, ng * pb);
+        free(params);   /* up_copy has copied it into a pinned buffer already */
+        return;
+    }
+    up_copy(u, u->dstage, t->data, t->nbytes);
+    if (dst16 && is_gguf(t->dtype)) k_blocks_to_bf16(u->dstage, t->dtype, n, dst16, u->st);
+    else if (dst16) k_to_bf16(u->dstage, t->dtype, n, dst16, u->st);
+    else if (exact && is_gguf(t->dtype)) k_quant_from_gguf(u->dstage, t->dtype, t->rows, t->cols, m, row0, u->st);
+    else k_quantize(u->dstage, t->dtype, t->rows, t->cols, m, row0, u->st);
 }
 
 static void up_vector(uploader *u, const tensor *t, float *dst, uint64_t seed)
@@ -234,9 +301,14 @@ static void up_vector(uploader *u, const tensor *t, float *dst, uint64_t seed)
     }
 }
 
-/* Device staging bytes a tensor needs: matrices unless already bf16, norm
- * vectors unless already f32 (those are copied straight to their place). */
-static size_t stage_need_m(const tensor *t) { return t->data && t->dtype != PG_BF16 ? t->nbytes : 0; }
+/* Device staging bytes a tensor needs: matrices unless bf16 stays bf16 (those
+ * are copied straight to their place; random weights for a quantized matrix
+ * are drawn there as bf16), norm vectors unless already f32. */
+static size_t stage_need_mq(const tensor *t, int quantized)
+{
+    if (!t->data) return quantized ? (size_t)(t->rows * t->cols) * 2 : 0;
+    return t->dtype != PG_BF16 || quantized ? t->nbytes : 0;
+}
 static size_t stage_need_v(const tensor *t) { return t->data && t->dtype != PG_F32 ? t->nbytes : 0; }
 
 static int upload_weights(cu_state *s, const model *m, pg_err *err)
@@ -244,15 +316,18 @@ static int upload_weights(cu_state *s, const model *m, pg_err *err)
     const model_weights *w = &m->w;
     size_t need = 0;
 #define NEED(f, t) do { size_t n_ = f(&(t)); if (n_ > need) need = n_; } while (0)
-    NEED(stage_need_m, w->tok_embd); NEED(stage_need_m, w->lm_head); NEED(stage_need_v, w->out_norm);
+#define NEEDM(t, mat) do { size_t n_ = stage_need_mq(&(t), (mat).dtype != PG_BF16); if (n_ > need) need = n_; } while (0)
+    NEEDM(w->tok_embd, s->emb); NEEDM(*lm_src(m), s->lm_head); NEED(stage_need_v, w->out_norm);
     for (int l = 0; l < s->nl; l++) {
         const layer_weights *lw = &w->layers[l];
+        const cu_layer *L = &s->L[l];
         NEED(stage_need_v, lw->attn_norm); NEED(stage_need_v, lw->ffn_norm);
-        NEED(stage_need_m, lw->wq); NEED(stage_need_m, lw->wk); NEED(stage_need_m, lw->wv);
-        NEED(stage_need_m, lw->wo); NEED(stage_need_m, lw->w_gate); NEED(stage_need_m, lw->w_up);
-        NEED(stage_need_m, lw->w_down);
+        NEEDM(lw->wq, L->wqkv); NEEDM(lw->wk, L->wqkv); NEEDM(lw->wv, L->wqkv);
+        NEEDM(lw->wo, L->wo); NEEDM(lw->w_gate, L->w13); NEEDM(lw->w_up, L->w13);
+        NEEDM(lw->w_down, L->w2);
     }
 #undef NEED
+#undef NEEDM
     uploader u = { .st = s->st };
     if (need && cudaMalloc(&u.dstage, need) != cudaSuccess)
         return pg_errf(err, PG_ENOMEM, "cuda: cannot allocate %zu MiB to stage weight conversion", need >> 20);
@@ -262,32 +337,46 @@ static int upload_weights(cu_state *s, const model *m, pg_err *err)
         KC_CHECK(cudaEventRecord(u.ev[b], s->st));
     }
     const uint64_t seed = m->random_seed;
+    const int ex = s->quant == WQUANT_NONE;   /* GGUF blocks convert exactly */
     int ti = 0;   /* tensor index for random streams, model.c order */
-    up_matrix(&u, &w->tok_embd, &s->emb, 0, cu_seed(seed, ti++));
+    up_matrix(&u, &w->tok_embd, &s->emb, 0, cu_seed(seed, ti), 1);
+    /* a tied LM head in another format than the table: its own copy, same source */
+    if (m->cfg.tie_embeddings && !lm_shares_emb(s, m))
+        up_matrix(&u, &w->tok_embd, &s->lm_head, 0, cu_seed(seed, ti), ex || !s->quant_lm_head);
+    ti++;
     up_vector(&u, &w->out_norm, s->out_norm, cu_seed(seed, ti++));
-    if (!m->cfg.tie_embeddings) up_matrix(&u, &w->lm_head, &s->lm_head, 0, cu_seed(seed, ti));
+    if (!m->cfg.tie_embeddings) up_matrix(&u, &w->lm_head, &s->lm_head, 0, cu_seed(seed, ti), ex || !s->quant_lm_head);
     ti++;
     for (int l = 0; l < s->nl; l++) {
         const layer_weights *lw = &w->layers[l];
         cu_layer *L = &s->L[l];
         up_vector(&u, &lw->attn_norm, L->attn_norm, cu_seed(seed, ti++));
-        up_matrix(&u, &lw->wq, &L->wqkv, 0, cu_seed(seed, ti++));
-        up_matrix(&u, &lw->wk, &L->wqkv, s->q_rows, cu_seed(seed, ti++));
-        up_matrix(&u, &lw->wv, &L->wqkv, s->q_rows + s->kv_rows, cu_seed(seed, ti++));
-        up_matrix(&u, &lw->wo, &L->wo, 0, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->wq, &L->wqkv, 0, cu_seed(seed, ti++), ex);
+        up_matrix(&u, &lw->wk, &L->wqkv, s->q_rows, cu_seed(seed, ti++), ex);
+        up_matrix(&u, &lw->wv, &L->wqkv, s->q_rows + s->kv_rows, cu_seed(seed, ti++), ex);
+        up_matrix(&u, &lw->wo, &L->wo, 0, cu_seed(seed, ti++), ex);
         up_vector(&u, &lw->ffn_norm, L->ffn_norm, cu_seed(seed, ti++));
-        up_matrix(&u, &lw->w_gate, &L->w13, 0, cu_seed(seed, ti++));
-        up_matrix(&u, &lw->w_up, &L->w13, s->hidden, cu_seed(seed, ti++));
-        up_matrix(&u, &lw->w_down, &L->w2, 0, cu_seed(seed, ti++));
+        up_matrix(&u, &lw->w_gate, &L->w13, 0, cu_seed(seed, ti++), ex);
+        up_matrix(&u, &lw->w_up, &L->w13, s->hidden, cu_seed(seed, ti++), ex);
+        up_matrix(&u, &lw->w_down, &L->w2, 0, cu_seed(seed, ti++), ex);
     }
     KC_CHECK(cudaStreamSynchronize(s->st));
+    size_t fr = 0, tot = 0;
+    KC_CHECK(cudaMemGetInfo(&fr, &tot));
+    s->dev_peak = tot - fr;   /* everything is allocated and the staging buffer still held */
     for (int b = 0; b < 2; b++) { cudaFreeHost(u.pin[b]); cudaEventDestroy(u.ev[b]); }
     cudaFree(u.dstage);
     return PG_OK;
 }
 
 /* ---------------------------------------------------------------- init */
-static int same_dev(pg_dtype a, pg_dtype b) { return dev_dtype(a) == dev_dtype(b); }
+/* q/k/v (and gate/up) share one device matrix, so they need one format. */
+static int same_dev(const tensor *a, const tensor *b)
+{
+    cu_state none = { 0 };
+    cu_fmt fa = mat_fmt(&none, a, 32, 1), fb = mat_fmt(&none, b, 32, 1);
+    return fa.t == fb.t && fa.group == fb.group;
+}
 
 static void cu_destroy(engine *e);
 
@@ -295,16 +384,33 @@ static int cu_init(engine *e, pg_err *err)
 {
     const model *m = e->m;
     const model_config *c = &m->cfg;
-    if (e->opts.kv == KV_INT8)
-        return pg_errf(err, PG_EUNSUPPORTED, "cuda: int8 KV cache is not implemented (bf16 only)");
-    if (e->opts.quant != WQUANT_NONE)
-        return pg_errf(err, PG_EUNSUPPORTED, "cuda: load-time weight re-quantization is not implemented");
+    if (e->opts.kv != KV_BF16 && e->opts.kv != KV_INT8)
+        return pg_errf(err, PG_EUNSUPPORTED, "cuda: KV cache dtype %s is not supported (bf16 or int8)",
+                       e->opts.kv == KV_F32 ? "f32" : "?");
+    if (e->opts.quant == WQUANT_INT4) {
+        int g = e->opts.group_size, q_cols = c->n_heads * c->head_dim;
+        if ((g != 32 && g != 64 && g != 128) || !quant_group_for(PG_QI4, g, c->dim) ||
+            !quant_group_for(PG_QI4, g, c->hidden_dim) || !quant_group_for(PG_QI4, g, q_cols))
+            return pg_errf(err, PG_EINVAL, "cuda: no int4 group of at most %d divides dim %d, hidden_dim %d and "
+                           "%d query columns (32, 64 or 128)", g, c->dim, c->hidden_dim, q_cols);
+    }
+    /* A checkpoint written by `peregrine quantize` keeps its format: the
+     * device quantizer reads float and GGUF sources only. */
+    if (e->opts.quant != WQUANT_NONE) {
+        for (int i = 0; i < model_n_tensors((model *)m); i++) {
+            const tensor *t = model_tensor((model *)m, i);
+            if (t->name && is_qi(t->dtype))
+                return pg_errf(err, PG_EUNSUPPORTED, "cuda: %s is already quantized (%s, a `peregrine quantize` "
+                               "checkpoint); load it with --quant none, which keeps its format",
+                               t->name, pg_dtype_name(t->dtype));
+        }
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *lw = &m->w.layers[l];
-        if (!same_dev(lw->wq.dtype, lw->wk.dtype) || !same_dev(lw->wq.dtype, lw->wv.dtype))
+        if (!same_dev(&lw->wq, &lw->wk) || !same_dev(&lw->wq, &lw->wv))
             return pg_errf(err, PG_EUNSUPPORTED, "cuda: layer %d: q/k/v weights have different types (%s, %s, %s)",
                            l, pg_dtype_name(lw->wq.dtype), pg_dtype_name(lw->wk.dtype), pg_dtype_name(lw->wv.dtype));
-        if (!same_dev(lw->w_gate.dtype, lw->w_up.dtype))
+        if (!same_dev(&lw->w_gate, &lw->w_up))
             return pg_errf(err, PG_EUNSUPPORTED, "cuda: layer %d: gate/up weights have different types (%s, %s)",
                            l, pg_dtype_name(lw->w_gate.dtype), pg_dtype_name(lw->w_up.dtype));
     }
@@ -324,25 +430,36 @@ static int cu_init(engine *e, pg_err *err)
     s->dim = c->dim; s->hidden = c->hidden_dim; s->nl = c->n_layers; s->nh = c->n_heads;
     s->nkv = c->n_kv_heads; s->hd = c->head_dim; s->vocab = c->vocab_size; s->eps = c->norm_eps;
     s->q_rows = s->nh * s->hd; s->kv_rows = s->nkv * s->hd; s->qkv_rows = s->q_rows + 2 * s->kv_rows;
+    {
+        size_t fr0 = 0, tot0 = 0;
+        KC_CHECK(cudaMemGetInfo(&fr0, &tot0));
+        s->dev_used0 = tot0 - fr0;
+    }
     s->max_slots = e->opts.max_slots; s->max_seq = e->opts.max_seq_len;
     s->ch = s->max_seq < CU_CHUNK ? s->max_seq : CU_CHUNK;
     if (s->ch < s->max_slots) s->ch = s->max_slots;
     s->sh = (kc_attn_shape){ s->nh, s->nkv, s->hd, s->max_seq, c->rope_interleaved };
     s->use_graphs = e->opts.use_graphs;
     s->L = pg_xcalloc((size_t)s->nl, sizeof *s->L);
-    s->all_bf16 = 1;
+    s->quant = e->opts.quant; s->group = e->opts.group_size > 0 ? e->opts.group_size : 32;
+    s->quant_lm_head = e->opts.quant_lm_head;
+    s->any_q = 0;
     for (int l = 0; l < s->nl; l++) {
         const layer_weights *lw = &m->w.layers[l];
-        pg_dtype ts[4] = { lw->wq.dtype, lw->wo.dtype, lw->w_gate.dtype, lw->w_down.dtype };
-        for (int k = 0; k < 4; k++) if (dev_dtype(ts[k]) != PG_BF16) s->all_bf16 = 0;
+        const tensor *ts[4] = { &lw->wq, &lw->wo, &lw->w_gate, &lw->w_down };
+        for (int k = 0; k < 4; k++) if (mat_fmt(s, ts[k], s->dim, 0).t != PG_BF16) s->any_q = 1;
     }
 
     carver cw = { 0 }, ca = { 0 };
     carve_weights(s, m, &cw);
     carve_acts(s, &ca);
     s->wbytes = cw.off;
+    s->kv8 = e->opts.kv == KV_INT8;
     s->kv_layer = (size_t)s->max_slots * s->nkv * s->max_seq * s->hd;
-    size_t kv_bytes = 2 * (size_t)s->nl * s->kv_layer * 2;
+    s->kvs_layer = (size_t)s->max_slots * s->nkv * s->max_seq;
+    /* K and V: bf16 elements, or int8 elements plus one f32 scale per position */
+    size_t kv_bytes = s->kv8 ? 2 * (size_t)s->nl * (s->kv_layer + s->kvs_layer * 4)
+                             : 2 * (size_t)s->nl * s->kv_layer * 2;
     size_t fr = 0, tot = 0;
     KC_CHECK(cudaMemGetInfo(&fr, &tot));
     size_t need = cw.off + ca.off + kv_bytes + (64u << 20);   /* + cuBLASLt workspace, staging slack */
@@ -356,13 +473,21 @@ static int cu_init(engine *e, pg_err *err)
                        tot / 1073741824.0);
     }
     if (cudaMalloc(&s->wbuf, cw.off) != cudaSuccess || cudaMalloc(&s->abuf, ca.off) != cudaSuccess ||
-        cudaMalloc((void **)&s->kc, kv_bytes) != cudaSuccess) {
+        cudaMalloc(&s->kvbuf, kv_bytes) != cudaSuccess) {
         (void)cudaGetLastError();
         cu_destroy(e);
         return pg_errf(err, PG_ENOMEM, "cuda: cudaMalloc failed for %.2f GiB (weights + activations + KV)",
                        need / 1073741824.0);
     }
-    s->vc = s->kc + (size_t)s->nl * s->kv_layer;
+    if (s->kv8) {
+        s->kc8 = s->kvbuf;
+        s->vc8 = s->kc8 + (size_t)s->nl * s->kv_layer;
+        s->ks = (float *)(s->vc8 + (size_t)s->nl * s->kv_layer);   /* kv_layer % 4 == 0: hd is even, >= 16 */
+        s->vs = s->ks + (size_t)s->nl * s->kvs_layer;
+    } else {
+        s->kc = s->kvbuf;
+        s->vc = s->kc + (size_t)s->nl * s->kv_layer;
+    }
     cw = (carver){ s->wbuf, 0 };
     ca = (carver){ s->abuf, 0 };
     carve_weights(s, m, &cw);
@@ -387,7 +512,7 @@ static int cu_init(engine *e, pg_err *err)
     KC_CHECK(cudaMemcpy(s->inv_freq, inv, (size_t)s->hd / 2 * sizeof(float), cudaMemcpyHostToDevice));
     free(inv);
 
-    KC_CHECK(cudaMemsetAsync(s->kc, 0, kv_bytes, s->st));
+    KC_CHECK(cudaMemsetAsync(s->kvbuf, 0, kv_bytes, s->st));
     KC_CHECK(cudaMemsetAsync(s->abuf, 0, ca.off, s->st));   /* attention counters start at 0 */
     KC_CHECK(cudaMemsetAsync(s->gen_count, 0, (size_t)s->max_slots * s->vocab * 4, s->st));
     KC_CHECK(cudaMemsetAsync(s->seen, 0, (size_t)s->max_slots * s->vocab, s->st));
@@ -404,8 +529,19 @@ static int cu_init(engine *e, pg_err *err)
     KC_CHECK(cudaGetDeviceProperties(&prop, e->opts.gpu_id));
     snprintf(e->device_name, sizeof e->device_name, "%.120s", prop.name);
     e->weight_bytes = s->wbytes;
+    {
+        size_t fr1 = 0, tot1 = 0;
+        KC_CHECK(cudaMemGetInfo(&fr1, &tot1));
+        size_t used = tot1 - fr1, peak = s->dev_peak > used ? s->dev_peak : used;
+        LOG_INFO("cuda: device memory of the engine: %.2f GiB after init, %.2f GiB peak during load "
+                 "(weights %.2f GiB as %s, KV cache %.2f GiB)", (used - s->dev_used0) / 1073741824.0,
+                 (peak - s->dev_used0) / 1073741824.0, s->wbytes / 1073741824.0, engine_quant_name(s->quant),
+                 kv_bytes / 1073741824.0);
+    }
+    e->step_weight_bytes = s->wbytes - (lm_shares_emb(s, m) ? 0 :
+        kc_qm_bytes(s->emb.dtype, s->emb.rows, s->emb.cols, s->emb.group));
     e->kv_bytes = kv_bytes;
-    e->kv_bytes_per_token = (size_t)s->nl * 2 * s->nkv * s->hd * 2;
+    e->kv_bytes_per_token = (size_t)s->nl * 2 * s->nkv * (s->kv8 ? s->hd + 4 : s->hd * 2);
     return PG_OK;
 }
 
@@ -419,7 +555,7 @@ static void cu_destroy(engine *e)
     kc_gemm_ctx_free(s->gemm);
     cudaFree(s->wbuf);
     cudaFree(s->abuf);
-    cudaFree(s->kc);
+    cudaFree(s->kvbuf);
     if (s->pin) cudaFreeHost(s->pin);
     if (s->st) cudaStreamDestroy(s->st);
     free(s->L);
@@ -454,10 +590,56 @@ static int cu_slot_reset(engine *e, int slot, pg_err *err)
 }
 
 /* ---------------------------------------------------------------- forward */
+/* Prefill GEMM for any weight format: bf16 straight to cuBLASLt, QI8/QI4
+ * dequantized tile by tile into qscratch first (k_gemm_q). */
+static void gemm_any(cu_state *s, const kc_matrix *w, const kc_bf16 *xb, int n, float *y)
+{
+    if (w->dtype == PG_BF16) k_gemm_bf16(s->gemm, w, xb, n, y, s->st);
+    else k_gemm_q(s->gemm, w, xb, n, y, s->qscratch, CU_QSCRATCH, s->st);
+}
+
 static void mm(cu_state *s, const kc_matrix *w, int n, int gemm, const float *x, const kc_bf16 *xb, float *y)
 {
-    if (gemm) k_gemm_bf16(s->gemm, w, xb, n, y, s->st);
+    if (gemm) gemm_any(s, w, xb, n, y);
     else k_gemv(w, x, n, y, s->st);
+}
+
+/* RoPE + KV-cache write, then attention, of layer l (qkv -> att). Decode
+ * does all three in one launch (k_rope_attn_decode: same bits as the
+ * separate kernels); prefill writes the chunk's K/V first, then runs the
+ * tensor-core prefill kernel, or for a short chunk after a long context the
+ * decode kernel with one row per token (causal by each row's length, and
+ * split along the keys, which the prefill kernel is not). */
+static void cu_attention(cu_state *s, int l, int n, int decode, int pos0, int slot)
+{
+    cudaStream_t st = s->st;
+    if (s->kv8) {
+        int8_t *kc = s->kc8 + (size_t)l * s->kv_layer, *vc = s->vc8 + (size_t)l * s->kv_layer;
+        float *ks = s->ks + (size_t)l * s->kvs_layer, *vs = s->vs + (size_t)l * s->kvs_layer;
+        if (decode) {
+            k_rope_attn_decode_int8(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, s->inv_freq, s->sh, kc, vc, ks, vs,
+                                    s->part, s->att, s->q_rows, st);
+            return;
+        }
+        k_rope_kv_write_int8(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, s->inv_freq, s->sh, kc, vc, ks, vs, st);
+        if (n <= CU_PF_DEC && pos0 + n > 256)   /* a short chunk after a long context: split along the keys */
+            k_attn_decode_int8(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, kc, vc, ks, vs, s->sh, s->part,
+                               s->att, s->q_rows, st);
+        else
+            k_attn_prefill_int8(s->qkv, s->qkv_rows, n, pos0, slot, kc, vc, ks, vs, s->sh, s->att, s->q_rows, st);
+        return;
+    }
+    kc_bf16 *kc = s->kc + (size_t)l * s->kv_layer, *vc = s->vc + (size_t)l * s->kv_layer;
+    if (decode) {
+        k_rope_attn_decode(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, s->inv_freq, s->sh, kc, vc, s->part,
+                           s->att, s->q_rows, st);
+        return;
+    }
+    k_rope_kv_write(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, s->inv_freq, s->sh, kc, vc, st);
+    if (n <= CU_PF_DEC && pos0 + n > 256)   /* a short chunk after a long context: split along the keys */
+        k_attn_decode(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, kc, vc, s->sh, s->part, s->att, s->q_rows, st);
+    else
+        k_attn_prefill(s->qkv, s->qkv_rows, n, pos0, slot, kc, vc, s->sh, s->att, s->q_rows, st);
 }
 
 /* All layers and the final norm for n tokens already embedded in s->x.
@@ -465,26 +647,20 @@ static void mm(cu_state *s, const kc_matrix *w, int n, int gemm, const float *x,
  * else: n consecutive tokens of one sequence at pos0.. in slot. */
 static void cu_layers(cu_state *s, int n, int decode, int pos0, int slot)
 {
-    const int gemm = !decode && s->all_bf16 && n >= CU_GEMM_MIN;
+    const int gemm = !decode && n >= CU_GEMM_MIN;
     cudaStream_t st = s->st;
     for (int l = 0; l < s->nl; l++) {
         cu_layer *L = &s->L[l];
-        kc_bf16 *kc = s->kc + (size_t)l * s->kv_layer, *vc = s->vc + (size_t)l * s->kv_layer;
         k_add_rmsnorm(s->x, l ? s->y : NULL, L->attn_norm, s->eps, n, s->dim, s->xn, gemm ? s->xb : NULL, st);
         mm(s, &L->wqkv, n, gemm, s->xn, s->xb, s->qkv);
-        k_rope_kv_write(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, s->inv_freq, s->sh, kc, vc, st);
-        if (decode)
-            k_attn_decode(s->qkv, s->qkv_rows, n, s->d_pos, s->d_slot, kc, vc, s->sh, s->part,
-                          s->att, s->q_rows, st);
-        else
-            k_attn_prefill(s->qkv, s->qkv_rows, n, pos0, slot, kc, vc, s->sh, s->att, s->q_rows, st);
+        cu_attention(s, l, n, decode, pos0, slot);
         if (gemm) k_f32_to_bf16(s->att, s->xb, (int64_t)n * s->q_rows, st);
         mm(s, &L->wo, n, gemm, s->att, s->xb, s->y);
         k_add_rmsnorm(s->x, s->y, L->ffn_norm, s->eps, n, s->dim, s->xn, gemm ? s->xb : NULL, st);
         if (gemm) {
-            k_gemm_bf16(s->gemm, &L->w13, s->xb, n, s->gu, st);
+            gemm_any(s, &L->w13, s->xb, n, s->gu);
             k_swiglu(s->gu, n, s->hidden, NULL, s->xb, st);
-            k_gemm_bf16(s->gemm, &L->w2, s->xb, n, s->y, st);
+            gemm_any(s, &L->w2, s->xb, n, s->y);
         } else {
             k_gemv_swiglu(&L->w13, s->xn, n, s->h, st);
             k_gemv(&L->w2, s->h, n, s->y, st);

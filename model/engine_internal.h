@@ -60,6 +60,7 @@ struct engine {
     size_t           weight_bytes;
     size_t           kv_bytes;
     size_t           kv_bytes_per_token;
+    size_t           step_weight_bytes;   /* engine_info_t; 0 = unknown */
 };
 
 struct engine_backend {

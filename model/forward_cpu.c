@@ -10,8 +10,13 @@
  * under keep_all_logits) go through the final norm and the LM head.
  * Everything the forward touches is allocated in cpu_init, except the
  * keep_all_logits buffer (a test/perplexity path), which grows on demand.
+ * Weights: cpu_init converts the matrices to engine_opts.quant (bf16, QI8,
+ * QI4; model/quant.h quant_weights_make, on the pool's threads) or borrows
+ * them as stored; the forward reads st->qw.w and dispatches each matrix to
+ * cpu_matmul (stored dtypes) or cpu_matmul_q (QI8/QI4) in mm_rows.
  */
 #include "engine_internal.h"
+#include "quant.h"
 #include "../kernels/kernels.h"
 #include "../kernels/threadpool.h"
 
@@ -33,11 +38,16 @@ typedef struct {
     int      n_threads;
     /* shapes */
     int dim, hd, nh, nkv, q_dim, kv_dim, hidden, vocab, max_seq, max_slots, n_layers;
-    /* KV cache, f32: [layer][slot][kv_head][max_seq][head_dim]. A bf16 or
-     * int8 cache keeps this index order (engine_opts.kv picks the element
-     * type; int8 adds a scale array [layer][slot][kv_head][max_seq]), so
-     * only the KV write and cpu_attention's loads change. */
-    float   *kv_k, *kv_v;
+    /* KV cache: [layer][slot][kv_head][max_seq][head_dim] elements of type
+     * kv (engine_opts.kv: f32, bf16 or int8; kernels.h conventions). int8
+     * adds one f32 scale per (layer, slot, kv head, position) in kv_ks/kv_vs:
+     * [layer][slot][kv_head][max_seq]. K/V are converted when written
+     * (bf16: round to nearest even; int8: ref_kv_quant_int8) and widened
+     * inside cpu_attention_*; the rest of the forward is f32. */
+    kv_dtype kv;
+    size_t   kv_esz;         /* bytes per cached element: 4, 2 or 1 */
+    uint8_t *kv_k, *kv_v;
+    float   *kv_ks, *kv_vs;  /* int8 only, else NULL */
     size_t   kv_ls;          /* elements per (layer, slot) */
     float   *inv_freq;       /* [hd/2] (llama3 scaling applied) */
     /* activations of one chunk */
@@ -59,6 +69,9 @@ typedef struct {
     float   *all_logits;     /* [all_cap][vocab]: every token of row 0 (keep_all) */
     int      all_cap;
     sampler_scratch sc;
+    /* weights the forward reads (engine_opts.quant): converted matrices are
+     * owned here, everything else is borrowed from the model */
+    quant_weights qw;
 } cpu_state;
 
 /* ---------------------------------------------------------------- parallel jobs */
@@ -83,6 +96,17 @@ typedef struct {
     const engine_row *rows;
     int             layer;
 } cpu_job;
+
+/* y rows [lo, hi) = x . W^T for a stored-dtype or QI8/QI4 matrix. */
+static void mm_rows(float *y, const float *x, int n, const tensor *w, int64_t lo, int64_t hi) {
+    if (w->dtype == PG_QI8 || w->dtype == PG_QI4) {
+        qmatrix q = {.dtype = w->dtype, .rows = w->rows, .cols = w->cols, .group = w->group,
+                     .q = w->data, .scale = w->qscale, .min = w->qmin};
+        cpu_matmul_q(y, x, n, &q, lo, hi);
+    } else {
+        cpu_matmul(y, x, n, w->data, w->dtype, w->rows, w->cols, lo, hi);
+    }
+}
 
 static int64_t rows_per_chunk(int64_t rows, int n_threads) {
     int64_t r = (rows + 8 * n_threads - 1) / (8 * n_threads);
@@ -110,15 +134,15 @@ static void job_run(void *arg, int c, int tid) {
         const tensor *w = j->w[m];
         int64_t lo = (c - j->first[m]) * j->chunk_rows[m], hi = lo + j->chunk_rows[m];
         if (hi > w->rows) hi = w->rows;
-        cpu_matmul(j->y[m], j->x, j->n, w->data, w->dtype, w->rows, w->cols, lo, hi);
+        mm_rows(j->y[m], j->x, j->n, w, lo, hi);
         break;
     }
     case JOB_GATE_UP: {
         const tensor *g = j->w[0], *u = j->w[1];
         int64_t lo = c * j->chunk_rows[0], hi = lo + j->chunk_rows[0];
         if (hi > g->rows) hi = g->rows;
-        cpu_matmul(j->y[0], j->x, j->n, g->data, g->dtype, g->rows, g->cols, lo, hi);
-        cpu_matmul(j->y[1], j->x, j->n, u->data, u->dtype, u->rows, u->cols, lo, hi);
+        mm_rows(j->y[0], j->x, j->n, g, lo, hi);
+        mm_rows(j->y[1], j->x, j->n, u, lo, hi);
         for (int t = 0; t < j->n; t++) {
             float *h = j->y[0] + (size_t)t * g->rows + lo;
             cpu_silu_mul(h, h, j->y[1] + (size_t)t * g->rows + lo, hi - lo);
@@ -129,11 +153,24 @@ static void job_run(void *arg, int c, int tid) {
         const cpu_seg *s = &j->segs[c / st->nh];
         int h = c % st->nh;
         int slot = j->rows[s->row].slot;
-        size_t base = ((size_t)j->layer * st->max_slots + slot) * st->kv_ls;
+        size_t ls = (size_t)j->layer * st->max_slots + slot;   /* (layer, slot) index */
+        size_t base = ls * st->kv_ls * st->kv_esz;               /* bytes */
         size_t off = (size_t)s->start * st->q_dim;
-        cpu_attention(st->att + off, st->q + off, st->kv_k + base, st->kv_v + base, s->n, s->pos0,
-                      st->nh, st->nkv, st->hd, st->max_seq,
-                      st->att_scratch + (size_t)tid * st->max_seq, h, h + 1);
+        float *scratch = st->att_scratch + (size_t)tid * st->max_seq;
+        if (st->kv == KV_F32)
+            cpu_attention(st->att + off, st->q + off, (const float *)(st->kv_k + base),
+                          (const float *)(st->kv_v + base), s->n, s->pos0, st->nh, st->nkv, st->hd,
+                          st->max_seq, scratch, h, h + 1);
+        else if (st->kv == KV_BF16)
+            cpu_attention_bf16(st->att + off, st->q + off, (const uint16_t *)(st->kv_k + base),
+                               (const uint16_t *)(st->kv_v + base), s->n, s->pos0, st->nh, st->nkv,
+                               st->hd, st->max_seq, scratch, h, h + 1);
+        else {
+            size_t sb = ls * st->nkv * st->max_seq;   /* first scale of this (layer, slot) */
+            cpu_attention_int8(st->att + off, st->q + off, (const int8_t *)(st->kv_k + base),
+                               st->kv_ks + sb, (const int8_t *)(st->kv_v + base), st->kv_vs + sb,
+                               s->n, s->pos0, st->nh, st->nkv, st->hd, st->max_seq, scratch, h, h + 1);
+        }
         break;
     }
     }
@@ -152,7 +189,9 @@ static int check_tensor(const tensor *t, int matrix, pg_err *err) {
         return pg_errf(err, PG_EINVAL, "cpu engine: tensor %s has no host data (weights drawn on a GPU?)",
                        t->name ? t->name : "?");
     int ok = t->dtype == PG_F32 || t->dtype == PG_F16 || t->dtype == PG_BF16;
-    if (matrix) ok |= t->dtype == PG_Q8_0 || t->dtype == PG_Q4_0 || t->dtype == PG_Q4_1;
+    if (matrix) ok |= t->dtype == PG_Q8_0 || t->dtype == PG_Q4_0 || t->dtype == PG_Q4_1 ||
+                      ((t->dtype == PG_QI8 || t->dtype == PG_QI4) && t->qscale &&
+                       (t->dtype == PG_QI8 || t->qmin));
     if (!ok)
         return pg_errf(err, PG_EUNSUPPORTED, "cpu engine: tensor %s has dtype %s",
                        t->name ? t->name : "?", pg_dtype_name(t->dtype));
@@ -165,12 +204,13 @@ static void cpu_destroy(engine *e) {
     cpu_state *st = e->be_state;
     if (!st) return;
     pool_free(st->pool);
-    free(st->kv_k); free(st->kv_v); free(st->inv_freq);
+    free(st->kv_k); free(st->kv_v); free(st->kv_ks); free(st->kv_vs); free(st->inv_freq);
     free(st->x); free(st->xb); free(st->q); free(st->att); free(st->k); free(st->v);
     free(st->tmp); free(st->hb); free(st->hb2); free(st->cs);
     free(st->tok_row); free(st->tok_idx); free(st->segs); free(st->att_scratch);
     free(st->lm_x); free(st->lm_out); free(st->logits); free(st->all_logits);
     sampler_scratch_free(&st->sc);
+    quant_weights_free(&st->qw);
     free(st);
     e->be_state = NULL;
 }
@@ -178,11 +218,8 @@ static void cpu_destroy(engine *e) {
 static int cpu_init(engine *e, pg_err *err) {
     const model_config *c = &e->cfg;
     const model_weights *w = &e->m->w;
-    if (e->opts.kv != KV_F32)
-        return pg_errf(err, PG_EUNSUPPORTED, "cpu engine: only the f32 KV cache is implemented");
-    if (e->opts.quant != WQUANT_NONE)
-        return pg_errf(err, PG_EUNSUPPORTED, "cpu engine: weight re-quantization is not implemented; "
-                       "use a quantized GGUF file");
+    if (e->opts.kv != KV_F32 && e->opts.kv != KV_BF16 && e->opts.kv != KV_INT8)
+        return pg_errf(err, PG_EINVAL, "cpu engine: unknown KV cache type %d", (int)e->opts.kv);
     if (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0)
         return pg_errf(err, PG_EINVAL, "cpu engine: bad head config (heads %d, kv heads %d, head_dim %d)",
                        c->n_heads, c->n_kv_heads, c->head_dim);
@@ -208,21 +245,40 @@ static int cpu_init(engine *e, pg_err *err) {
     int rc = pool_create(st->n_threads, &st->pool, err);
     if (rc != PG_OK) { cpu_destroy(e); return rc; }
 
-    /* KV cache: calloc so untouched positions cost no physical memory */
-    size_t kv_ls = (size_t)st->nkv * st->max_seq * st->hd, n_kv, bytes;
+    /* weights in the requested format, converted on the pool's threads */
+    weight_quant wq = e->opts.quant;
+    pg_dtype to = wq == WQUANT_BF16 ? PG_BF16 : wq == WQUANT_INT8 ? PG_QI8 : wq == WQUANT_INT4 ? PG_QI4
+                                                                                                : PG_DTYPE_COUNT;
+    rc = quant_weights_make(e->m, to, e->opts.group_size, e->opts.quant_lm_head, st->pool, &st->qw, err);
+    if (rc != PG_OK) { cpu_destroy(e); return rc; }
+
+    /* KV cache: calloc so untouched positions cost no physical memory.
+     * bytes = K and V elements plus, for int8, their f32 scales. */
+    st->kv = e->opts.kv;
+    st->kv_esz = st->kv == KV_F32 ? 4 : st->kv == KV_BF16 ? 2 : 1;
+    size_t kv_ls = (size_t)st->nkv * st->max_seq * st->hd, n_kv, n_sc = 0, bytes;
     if (pg_mul_overflow(kv_ls, (size_t)st->n_layers * st->max_slots, &n_kv) ||
-        pg_mul_overflow(n_kv, 2 * sizeof(float), &bytes)) {
+        pg_mul_overflow(n_kv, 2 * st->kv_esz, &bytes)) {
         cpu_destroy(e);
         return pg_errf(err, PG_ENOMEM, "cpu engine: KV cache size overflows");
     }
+    if (st->kv == KV_INT8) {
+        n_sc = n_kv / st->hd;   /* one scale per (layer, slot, kv head, position) */
+        bytes += 2 * n_sc * sizeof(float);
+    }
     st->kv_ls = kv_ls;
-    st->kv_k = calloc(n_kv, sizeof(float));
-    st->kv_v = calloc(n_kv, sizeof(float));
-    if (!st->kv_k || !st->kv_v) {
+    st->kv_k = calloc(n_kv, st->kv_esz);
+    st->kv_v = calloc(n_kv, st->kv_esz);
+    if (n_sc) {
+        st->kv_ks = calloc(n_sc, sizeof(float));
+        st->kv_vs = calloc(n_sc, sizeof(float));
+    }
+    if (!st->kv_k || !st->kv_v || (n_sc && (!st->kv_ks || !st->kv_vs))) {
         cpu_destroy(e);
         return pg_errf(err, PG_ENOMEM, "cpu engine: cannot allocate the KV cache: %zu MiB "
-                       "(%d layers x %d slots x %d positions x %d kv heads x %d x f32 x 2)",
-                       bytes >> 20, st->n_layers, st->max_slots, st->max_seq, st->nkv, st->hd);
+                       "(%d layers x %d slots x %d positions x %d kv heads x %d x %s x 2)",
+                       bytes >> 20, st->n_layers, st->max_slots, st->max_seq, st->nkv, st->hd,
+                       engine_kv_name(st->kv));
     }
 
     st->inv_freq = alloc_f32((size_t)st->hd / 2);
@@ -252,16 +308,21 @@ static int cpu_init(engine *e, pg_err *err) {
 
     snprintf(e->device_name, sizeof e->device_name, "cpu (%d threads, %s)", st->n_threads,
              cpu_isa_name(cpu_isa_best()));
-    e->weight_bytes = model_weight_bytes(e->m);
+    e->weight_bytes = st->qw.bytes;
+    /* a decode step reads every tensor once except the embedding table (one
+     * row per token), unless that table is also the LM head */
+    const model_weights *hw = &st->qw.w;
+    e->step_weight_bytes = st->qw.bytes - (hw->lm_head.data == hw->tok_embd.data ? 0 : quant_held_bytes(&hw->tok_embd));
     e->kv_bytes = bytes;
-    e->kv_bytes_per_token = (size_t)st->n_layers * st->kv_dim * 2 * sizeof(float);
+    e->kv_bytes_per_token = (size_t)st->n_layers * 2 *
+                            ((size_t)st->kv_dim * st->kv_esz + (st->kv == KV_INT8 ? st->nkv * sizeof(float) : 0));
     return PG_OK;
 }
 
 /* ---------------------------------------------------------------- forward */
 /* LM head for the gathered tokens lm_x[0..n): logits to their destinations. */
 static void lm_flush(engine *e, cpu_state *st, const int *dst_row, const int *dst_j, int n) {
-    const model_weights *w = &e->m->w;
+    const model_weights *w = &st->qw.w;
     run_mm(st, st->lm_x, n, 1, &w->lm_head, st->lm_out, NULL, NULL, NULL, NULL);
     size_t vb = (size_t)st->vocab * sizeof(float);
     for (int t = 0; t < n; t++) {
@@ -274,7 +335,7 @@ static void lm_flush(engine *e, cpu_state *st, const int *dst_row, const int *ds
 /* Run the n chunk tokens named by st->tok_row / st->tok_idx through the model. */
 static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int n) {
     const model_config *c = &e->cfg;
-    const model_weights *w = &e->m->w;
+    const model_weights *w = &st->qw.w;
     int dim = st->dim;
 
     /* segments of consecutive tokens of one row */
@@ -291,7 +352,7 @@ static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int 
     for (int t = 0; t < n; t++) {
         const engine_row *r = &rows[st->tok_row[t]];
         int32_t id = r->tokens[st->tok_idx[t]];
-        ref_embed(st->x + (size_t)t * dim, w->tok_embd.data, w->tok_embd.dtype, dim, id);
+        quant_any_row(&w->tok_embd, id, st->x + (size_t)t * dim);   /* = ref_embed; also QI8/QI4 */
         cpu_rope_cs(st->cs + (size_t)t * st->hd, st->hd, r->pos + st->tok_idx[t], st->inv_freq);
     }
 
@@ -307,11 +368,24 @@ static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int 
             float *kt = st->k + (size_t)t * st->kv_dim, *vt = st->v + (size_t)t * st->kv_dim;
             cpu_rope(st->q + (size_t)t * st->q_dim, st->nh, st->hd, cs, c->rope_interleaved);
             cpu_rope(kt, st->nkv, st->hd, cs, c->rope_interleaved);
-            size_t base = ((size_t)l * st->max_slots + r->slot) * st->kv_ls;
+            size_t ls = (size_t)l * st->max_slots + r->slot;   /* (layer, slot) index */
             for (int h = 0; h < st->nkv; h++) {
-                size_t off = base + ((size_t)h * st->max_seq + pos) * st->hd;
-                memcpy(st->kv_k + off, kt + (size_t)h * st->hd, (size_t)st->hd * sizeof(float));
-                memcpy(st->kv_v + off, vt + (size_t)h * st->hd, (size_t)st->hd * sizeof(float));
+                size_t pi = (ls * st->nkv + h) * st->max_seq + pos;   /* (.., kv head, position) */
+                size_t off = pi * st->hd * st->kv_esz;                 /* bytes */
+                const float *kh = kt + (size_t)h * st->hd, *vh = vt + (size_t)h * st->hd;
+                if (st->kv == KV_F32) {
+                    memcpy(st->kv_k + off, kh, (size_t)st->hd * sizeof(float));
+                    memcpy(st->kv_v + off, vh, (size_t)st->hd * sizeof(float));
+                } else if (st->kv == KV_BF16) {
+                    uint16_t *kd = (uint16_t *)(st->kv_k + off), *vd = (uint16_t *)(st->kv_v + off);
+                    for (int d = 0; d < st->hd; d++) {
+                        kd[d] = pg_f32_to_bf16(kh[d]);
+                        vd[d] = pg_f32_to_bf16(vh[d]);
+                    }
+                } else {
+                    ref_kv_quant_int8(kh, st->hd, (int8_t *)(st->kv_k + off), &st->kv_ks[pi]);
+                    ref_kv_quant_int8(vh, st->hd, (int8_t *)(st->kv_v + off), &st->kv_vs[pi]);
+                }
             }
         }
         cpu_job ja = {.st = st, .kind = JOB_ATTN, .segs = st->segs, .n_segs = n_segs,

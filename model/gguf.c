@@ -82,6 +82,7 @@ typedef struct {
     gg_tinfo *ti;
     size_t data_off;
     size_t alignment;
+    size_t kv_end;      /* end of the metadata entries (start of the tensor infos) */
 } gguf;
 
 static uint64_t le(const uint8_t *b, int k) {
@@ -193,6 +194,7 @@ static int gg_parse_header(gguf *g) {
         PG_TRY(gg_skip_value(g, &pos, kv->type, 0, key));
     }
 
+    g->kv_end = pos;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         gg_tinfo *t = &g->ti[i];
         PG_TRY(gg_string(g, &pos, &t->name, "tensor name"));
@@ -687,6 +689,54 @@ int gguf_load(const char *path, model *m, int want_tok, pg_err *err) {
     }
     if (!rc) rc = gg_tokenizer(&g, m, want_tok);
     if (!rc) rc = model_config_validate(&m->cfg, path, err);
+    free(g.kv);
+    free(g.ti);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- tokenizer-only files */
+/* A GGUF with metadata and no tensors (what `peregrine quantize` writes as
+ * tokenizer.gguf beside a quantized checkpoint): the vocabulary size is the
+ * token count, then the same tokenizer reader as for a model file. */
+int gguf_load_vocab(const char *path, model *m, pg_err *err) {
+    gguf g;
+    memset(&g, 0, sizeof g);
+    g.path = path;
+    g.err = err;
+    const gg_kv *tokens = NULL;
+    int rc = mm_map_file(m->mapping, path, &g.p, &g.n, err);
+    if (!rc) rc = gg_parse_header(&g);
+    if (!rc && g.n_tensors)
+        rc = pg_errf(err, PG_EFORMAT, "%s: a tokenizer-only GGUF has no tensors, this one has %llu", path,
+                     (unsigned long long)g.n_tensors);
+    if (!rc) rc = gg_array(&g, "tokenizer.ggml.tokens", GV_STR, &tokens);
+    if (!rc && (!tokens || tokens->arr_n == 0 || tokens->arr_n > (1u << 24)))
+        rc = pg_errf(err, PG_EFORMAT, "%s: tokenizer.ggml.tokens is missing or has %llu entries", path,
+                     tokens ? (unsigned long long)tokens->arr_n : 0ull);
+    if (!rc) {
+        m->cfg.vocab_size = (int)tokens->arr_n;
+        rc = gg_tokenizer(&g, m, 1);
+    }
+    if (!rc && !m->tok) rc = pg_errf(err, PG_EFORMAT, "%s: no tokenizer.ggml.model", path);
+    free(g.kv);
+    free(g.ti);
+    return rc;
+}
+
+int gguf_metadata_span(const char *path, const uint8_t *p, size_t n, uint64_t *n_kv, size_t *begin,
+                       size_t *end, pg_err *err) {
+    gguf g;
+    memset(&g, 0, sizeof g);
+    g.p = p;
+    g.n = n;
+    g.path = path;
+    g.err = err;
+    int rc = gg_parse_header(&g);
+    if (!rc) {
+        *n_kv = g.n_kv;
+        *begin = 24;   /* "GGUF", u32 version, u64 n_tensors, u64 n_kv */
+        *end = g.kv_end;
+    }
     free(g.kv);
     free(g.ti);
     return rc;

@@ -88,6 +88,13 @@ void model_sync_tokenizer(model *m);
 /* want_tok = 0 skips building the file's tokenizer (an override follows). */
 int gguf_load(const char *path, model *m, int want_tok, pg_err *err);
 int st_load(const char *path_or_dir, model *m, int want_tok, pg_err *err);
+/* The tokenizer (and template, bos/eos) of a GGUF file with no tensors;
+ * sets cfg.vocab_size to its token count. */
+int gguf_load_vocab(const char *path, model *m, pg_err *err);
+/* The metadata entries of a GGUF file in memory: their count and the byte
+ * span [*begin, *end) they occupy (after the 24-byte header). */
+int gguf_metadata_span(const char *path, const uint8_t *p, size_t n, uint64_t *n_kv, size_t *begin,
+                       size_t *end, pg_err *err);
 
 /* Read and parse an HF config.json file. */
 int config_parse_json_file(const char *path, model_config *cfg, pg_err *err);

@@ -4,6 +4,7 @@
  * model_print_info.
  */
 #include "loader.h"
+#include "quant.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -274,7 +275,13 @@ int model_load_tokenizer(model *m, const char *path, pg_err *err) {
         model tmp;
         memset(&tmp, 0, sizeof tmp);
         tmp.mapping = pg_xcalloc(1, sizeof *tmp.mapping);
-        rc = gguf_load(path, &tmp, 1, err);
+        /* a file with no tensors: the tokenizer.gguf of a quantized checkpoint */
+        uint8_t h[24];
+        FILE *f = fopen(path, "rb");
+        int vocab_only = f && fread(h, 1, sizeof h, f) == sizeof h && !memcmp(h, "GGUF", 4) &&
+                         !memcmp(h + 8, "\0\0\0\0\0\0\0\0", 8);
+        if (f) fclose(f);
+        rc = vocab_only ? gguf_load_vocab(path, &tmp, err) : gguf_load(path, &tmp, 1, err);
         if (!rc && !tmp.tok) rc = pg_errf(err, PG_EFORMAT, "%s: the file has no tokenizer", path);
         if (!rc) { t = tmp.tok; tmp.tok = NULL; }
         model_release(&tmp);
@@ -475,7 +482,7 @@ size_t model_weight_bytes(const model *m) {
     model *mm = (model *)m;  /* model_tensor does not modify */
     for (int i = 0; i < model_n_tensors(m); i++) {
         if (i == MW_LM_HEAD && m->cfg.tie_embeddings) continue;
-        total += model_tensor(mm, i)->nbytes;
+        total += quant_held_bytes(model_tensor(mm, i));   /* QI8/QI4: with their parameters */
     }
     return total;
 }

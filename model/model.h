@@ -4,8 +4,9 @@
  * tokenizer and chat template, and the file readers (HF safetensors, GGUF).
  *
  * Invariants:
- *   - A weight tensor keeps its stored dtype (F32/F16/BF16/Q8_0/Q4_0/Q4_1);
- *     kernels dequantize on the fly. `data` points into a read-only mapping
+ *   - A weight tensor keeps its stored dtype (F32/F16/BF16/Q8_0/Q4_0/Q4_1, or
+ *     QI8/QI4 with their f16 parameters from a `peregrine quantize`
+ *     checkpoint, model/quant.h); kernels dequantize on the fly. `data` points into a read-only mapping
  *     (or an owned buffer for --random-weights) that lives as long as the model.
  *   - Matrices are row-major [rows = out_features][cols = in_features]
  *     (HF nn.Linear layout; GGUF ne[0] = cols, ne[1] = rows). Quantized blocks

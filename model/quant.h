@@ -45,6 +45,14 @@
  * cols (cols even). */
 int    quant_group_ok(pg_dtype to, int group, int64_t cols);
 
+/* The group a matrix of `cols` columns gets when `group` is asked for:
+ * `group` itself when quant_group_ok; for QI4 otherwise the largest of 64
+ * and 32 below it that fits (--group-size 128 on the default model's
+ * 576-wide matrices gives them 64, its 1536-wide down_proj keeps 128);
+ * 0 when none fits. quant_weights_make uses it, and any device that
+ * quantizes at load must too, so that every device holds the same model. */
+int    quant_group_for(pg_dtype to, int group, int64_t cols);
+
 /* Bytes of q + qscale (+ qmin) of a rows x cols QI8/QI4 matrix. */
 size_t quant_tensor_bytes(pg_dtype t, int64_t rows, int64_t cols, int group);
 
@@ -72,5 +80,68 @@ int  quant_from_gguf(const tensor *src, tensor *dst, void **mem, pg_err *err);
 
 /* dst[cols] = dequantized row r of a QI8/QI4 tensor (the reference). */
 void quant_dequant_row(const tensor *t, int64_t r, float *dst);
+
+/* Row r of any host tensor (plain, GGUF block or QI8/QI4) as f32. */
+void quant_any_row(const tensor *t, int64_t r, float *dst);
+
+/* Bytes a tensor holds: nbytes plus, for QI8/QI4, its f16 parameters. */
+size_t quant_held_bytes(const tensor *t);
+
+/*
+ * The weights a CPU engine or `peregrine quantize` holds for one weight
+ * format. to = PG_BF16 | PG_QI8 | PG_QI4, or PG_DTYPE_COUNT for "as stored":
+ *   every projection matrix (wq wk wv wo w_gate w_up w_down) becomes `to`
+ *   (QI8: group = cols, one scale per output channel, whatever `group` says;
+ *   QI4: quant_group_for(`group`)); BF16 rounds the exactly dequantized
+ *   values to nearest even;
+ *   the LM head too when lm_head = 1, else it stays as stored; tied
+ *   embeddings give the LM head its own converted copy;
+ *   the embedding table and the norm vectors always stay as stored.
+ * A source tensor already in the target format (same dtype and group: a
+ * checkpoint written by `peregrine quantize`) is borrowed, not converted.
+ * Other sources are dequantized exactly (quant_any_row) and re-quantized with
+ * quant_rows, so QI8/QI4 results are bitwise those of quant_matrix.
+ * pool: conversion runs on its threads (NULL: the calling thread).
+ * out->w has its own layers array; its tensors point into the model or into
+ * out's blocks, so the model must outlive out. bytes counts every distinct
+ * tensor held once (q + parameters). Free with quant_weights_free.
+ * Errors: PG_EINVAL (a group that does not fit a matrix, a tensor without
+ * host data), PG_ENOMEM.
+ */
+struct pg_pool;
+typedef struct {
+    model_weights w;
+    void        **mem;    /* owned blocks */
+    int           n_mem;
+    size_t        bytes;
+} quant_weights;
+
+/*
+ * Write a quantized checkpoint folder `dir` (created if missing) that
+ * model_load reads directly (model/safetensors.c):
+ *   model.safetensors  our HF tensor names; a QI8/QI4 weight W as W.q (I8
+ *                      [rows, cols] | U8 [rows, cols/2]), W.scale (F16
+ *                      [rows, cols/group]), W.min (F16, QI4 only); plain
+ *                      F32/F16/BF16 tensors as stored; GGUF Q8_0/Q4_0/Q4_1
+ *                      tensors (embedding, an unconverted LM head) as their
+ *                      exact QI8/QI4 group-32 form (quant_from_gguf).
+ *                      __metadata__: format "peregrine-quant", version "1",
+ *                      quant (`quant_name`), group_size, quant_lm_head,
+ *                      rope_interleaved, source.
+ *   config.json        HF field names; tie_word_embeddings only when the LM
+ *                      head is the embedding table itself.
+ *   tokenizer          from a GGUF source: tokenizer.gguf, the source's
+ *                      metadata entries with no tensors (read by
+ *                      model_load_tokenizer), and chat_template.jinja; from
+ *                      an HF folder: its tokenizer and template files, copied.
+ * qw holds the weights to write (quant_weights_make on m). Errors name the
+ * file: PG_EIO, PG_ENOMEM.
+ */
+int  quant_write_checkpoint(const model *m, const quant_weights *qw, const char *quant_name, int group,
+                            int lm_head, const char *dir, pg_err *err);
+
+int  quant_weights_make(const model *m, pg_dtype to, int group, int lm_head, struct pg_pool *pool,
+                        quant_weights *out, pg_err *err);
+void quant_weights_free(quant_weights *qw);
 
 #endif

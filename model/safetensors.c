@@ -10,8 +10,18 @@
  * shape's byte size, no two tensors overlapping. Weights stay in the mapping
  * (F32/F16/BF16 as stored) unless a tensor is not aligned to its element
  * size, in which case it is copied once into an aligned owned buffer.
+ *
+ * Quantized checkpoints (`peregrine quantize`, model/quant.h formats): when
+ * __metadata__ has "format": "peregrine-quant" (version "1"), a weight W may
+ * instead be stored as W.q (I8 [rows, cols] for QI8, U8 [rows, cols/2] for
+ * QI4), W.scale (F16 [rows, cols/group]) and, for QI4 only, W.min (same
+ * shape). group = cols / (scale columns) must be valid for the format
+ * (quant_group_ok); "rope_interleaved": "1" in the metadata records GGUF's
+ * RoPE pairing for weights converted from a GGUF file. Norm vectors are never
+ * quantized.
  */
 #include "loader.h"
+#include "quant.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -135,6 +145,120 @@ static int st_place(model *m, const st_entry *e, const uint8_t *data, const char
     return model_place_tensor(m, kind, layer, dt, rows, cols, p, nbytes, name, path, err);
 }
 
+static int ends_with(const char *s, const char *suf);
+
+/* __metadata__: *is_pq = 1 for a peregrine-quant file (then version and
+ * rope_interleaved are checked); anything else is ignored, as before. */
+static int st_metadata(model *m, const cJSON *md, const char *path, int *is_pq, pg_err *err) {
+    *is_pq = 0;
+    const cJSON *f = cJSON_IsObject(md) ? cJSON_GetObjectItemCaseSensitive(md, "format") : NULL;
+    if (!cJSON_IsString(f) || strcmp(f->valuestring, "peregrine-quant")) return PG_OK;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(md, "version");
+    if (!cJSON_IsString(v) || strcmp(v->valuestring, "1")) {
+        char s[32];
+        if (cJSON_IsString(v)) model_printable(v->valuestring, strlen(v->valuestring), s, sizeof s);
+        else snprintf(s, sizeof s, "(none)");
+        return pg_errf(err, PG_EUNSUPPORTED, "%s: peregrine-quant version %s is not supported (1)", path, s);
+    }
+    const cJSON *ri = cJSON_GetObjectItemCaseSensitive(md, "rope_interleaved");
+    if (ri) {
+        if (!cJSON_IsString(ri) || (strcmp(ri->valuestring, "0") && strcmp(ri->valuestring, "1")))
+            return pg_errf(err, PG_EFORMAT, "%s: __metadata__ rope_interleaved must be \"0\" or \"1\"", path);
+        m->cfg.rope_interleaved = ri->valuestring[0] == '1';
+    }
+    *is_pq = 1;
+    return PG_OK;
+}
+
+/* Entry named base + suffix, or NULL. */
+static const st_entry *st_find(const st_entry *es, int ne, const char *base, size_t bl, const char *suffix) {
+    size_t sl = strlen(suffix);
+    for (int i = 0; i < ne; i++)
+        if (strlen(es[i].name) == bl + sl && !memcmp(es[i].name, base, bl) && !strcmp(es[i].name + bl, suffix))
+            return &es[i];
+    return NULL;
+}
+
+/* f16 parameters of a quantized weight: 2-byte aligned (copied if not). */
+static const uint16_t *st_f16_data(model *m, const st_entry *e, const uint8_t *data) {
+    const uint8_t *p = data + e->begin;
+    if ((uintptr_t)p % 2 == 0) return (const uint16_t *)p;
+    uint8_t *copy = mm_alloc(m->mapping, (size_t)(e->end - e->begin));
+    if (copy) memcpy(copy, p, (size_t)(e->end - e->begin));
+    return (const uint16_t *)copy;
+}
+
+/* A quantized weight W from W.q (e), W.scale and W.min. Entries ending in
+ * .scale / .min are checked here (an orphan is an error) and skipped by
+ * st_place. */
+static int st_place_quant(model *m, const st_entry *es, int ne, const st_entry *e, int is_pq,
+                          const uint8_t *data, const char *path, pg_err *err) {
+    const char *sfx = ends_with(e->name, ".q") ? ".q" : ends_with(e->name, ".scale") ? ".scale" : ".min";
+    size_t bl = strlen(e->name) - strlen(sfx);
+    int kind, layer;
+    if (!model_slot_parse(e->name, bl, MW_NAMES_HF, &kind, &layer)) return PG_OK;   /* not ours */
+    char nm[128];
+    model_printable(e->name, strlen(e->name), nm, sizeof nm);
+    if (!is_pq)
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s: quantized weights need __metadata__ "
+                       "\"format\": \"peregrine-quant\"", path, nm);
+    if (strcmp(sfx, ".q")) {
+        if (!st_find(es, ne, e->name, bl, ".q"))
+            return pg_errf(err, PG_EFORMAT, "%s: tensor %s has no %.*s.q beside it", path, nm, (int)bl, e->name);
+        return PG_OK;
+    }
+    const char *name = mm_strndup(m->mapping, e->name, bl);   /* the weight's own name, for messages */
+    if (model_kind_is_vector(kind))
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s: norm vectors are never quantized", path, nm);
+    pg_dtype dt;
+    if (!strcmp(e->dtype, "I8")) dt = PG_QI8;
+    else if (!strcmp(e->dtype, "U8")) dt = PG_QI4;
+    else {
+        char d[32];
+        model_printable(e->dtype, strlen(e->dtype), d, sizeof d);
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s has dtype %s; quantized weights are I8 (int8) or U8 "
+                       "(int4 nibbles)", path, nm, d);
+    }
+    if (e->n_dims != 2) return pg_errf(err, PG_EFORMAT, "%s: tensor %s has %d dimensions, not 2", path, nm, e->n_dims);
+    int64_t rows, cols;
+    model_expected_shape(&m->cfg, kind, &rows, &cols);
+    int64_t qcols = dt == PG_QI8 ? cols : cols / 2;
+    if (e->shape[0] != rows || e->shape[1] != qcols || (dt == PG_QI4 && cols % 2))
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s has shape [%lld, %lld] but the config needs [%lld, %lld] "
+                       "(%s)", path, nm, (long long)e->shape[0], (long long)e->shape[1], (long long)rows,
+                       (long long)qcols, dt == PG_QI8 ? "int8: one byte per weight" : "int4: two weights per byte");
+    const st_entry *sc = st_find(es, ne, e->name, bl, ".scale"), *mn = st_find(es, ne, e->name, bl, ".min");
+    if (!sc) return pg_errf(err, PG_EFORMAT, "%s: tensor %s has no %s.scale", path, nm, name);
+    if (strcmp(sc->dtype, "F16") || sc->n_dims != 2 || sc->shape[0] != rows || sc->shape[1] < 1 ||
+        cols % sc->shape[1])
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s.scale must be F16 [%lld, cols/group] with the group "
+                       "dividing %lld columns", path, name, (long long)rows, (long long)cols);
+    int64_t group = cols / sc->shape[1];
+    if (group > INT32_MAX || !quant_group_ok(dt, (int)group, cols))
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s: group size %lld (%lld columns / %lld scales) is not "
+                       "valid for %s", path, name, (long long)group, (long long)cols, (long long)sc->shape[1],
+                       dt == PG_QI8 ? "int8" : "int4 (32, 64 or 128)");
+    if (dt == PG_QI8 && mn)
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s.min: int8 weights have no minimum", path, name);
+    if (dt == PG_QI4 && (!mn || strcmp(mn->dtype, "F16") || mn->n_dims != 2 || mn->shape[0] != rows ||
+                         mn->shape[1] != sc->shape[1]))
+        return pg_errf(err, PG_EFORMAT, "%s: tensor %s.min must be F16 with the shape of %s.scale ([%lld, %lld])",
+                       path, name, name, (long long)rows, (long long)sc->shape[1]);
+    const uint16_t *ps = st_f16_data(m, sc, data), *pm = mn ? st_f16_data(m, mn, data) : NULL;
+    if (!ps || (mn && !pm)) return pg_errf(err, PG_ENOMEM, "%s: tensor %s: cannot copy its parameters", path, name);
+    PG_TRY(model_place_tensor(m, kind, layer, dt, rows, cols, data + e->begin, (size_t)(e->end - e->begin),
+                              name, path, err));
+    tensor *t = model_slot(m, kind, layer);
+    t->group = (int)group;
+    t->qscale = ps;
+    t->qmin = pm;
+    return PG_OK;
+}
+
+static int st_is_quant_part(const char *name) {
+    return ends_with(name, ".q") || ends_with(name, ".scale") || ends_with(name, ".min");
+}
+
 /* Map one .safetensors file, validate its header and place the tensors we use. */
 static int st_file(model *m, const char *path, pg_err *err) {
     const uint8_t *p;
@@ -150,7 +274,7 @@ static int st_file(model *m, const char *path, pg_err *err) {
                        ST_MAX_HEADER);
     cJSON *root = cJSON_ParseWithLength((const char *)p + 8, (size_t)hlen);
     if (!root) return pg_errf(err, PG_EFORMAT, "%s: header is not valid JSON", path);
-    int rc = PG_OK, cnt = 0, ne = 0;
+    int rc = PG_OK, cnt = 0, ne = 0, is_pq = 0;
     st_entry *es = NULL;
     if (!cJSON_IsObject(root)) { rc = pg_errf(err, PG_EFORMAT, "%s: header is not a JSON object", path); goto done; }
     cnt = cJSON_GetArraySize(root);
@@ -159,7 +283,10 @@ static int st_file(model *m, const char *path, pg_err *err) {
     uint64_t data_len = n - 8 - hlen;
     for (const cJSON *it = root->child; it && !rc; it = it->next) {
         if (!it->string) { rc = pg_errf(err, PG_EFORMAT, "%s: header entry without a name", path); break; }
-        if (!strcmp(it->string, "__metadata__")) continue;
+        if (!strcmp(it->string, "__metadata__")) {
+            rc = st_metadata(m, it, path, &is_pq, err);
+            continue;
+        }
         rc = st_entry_parse(it, data_len, path, &es[ne], err);
         if (!rc) ne++;
     }
@@ -172,7 +299,9 @@ static int st_file(model *m, const char *path, pg_err *err) {
             model_printable(es[i].name, strlen(es[i].name), b, sizeof b);
             rc = pg_errf(err, PG_EFORMAT, "%s: tensors %s and %s overlap in the data", path, a, b);
         }
-    for (int i = 0; i < ne && !rc; i++) rc = st_place(m, &es[i], p + 8 + hlen, path, err);
+    for (int i = 0; i < ne && !rc; i++)
+        rc = st_is_quant_part(es[i].name) ? st_place_quant(m, es, ne, &es[i], is_pq, p + 8 + hlen, path, err)
+                                          : st_place(m, &es[i], p + 8 + hlen, path, err);
 done:
     free(es);
     cJSON_Delete(root);
@@ -326,6 +455,10 @@ int st_load(const char *path, model *m, int want_tok, pg_err *err) {
         else {
             snprintf(p, sizeof p, "%s/tokenizer.json", dir);
             if (exists(p)) PG_TRY(model_load_tokenizer(m, p, err));
+            else {   /* a quantized checkpoint made from a GGUF file */
+                snprintf(p, sizeof p, "%s/tokenizer.gguf", dir);
+                if (exists(p)) PG_TRY(model_load_tokenizer(m, p, err));
+            }
         }
     }
     return model_config_validate(&m->cfg, where, err);

@@ -10,7 +10,9 @@
 #                                  small enough to travel to a GPU machine that
 #                                  cannot download the full 98 MB file.
 #   scripts/gpu-check.sh [STAGES] on the GPU machine. STAGES (default all):
-#                                  build tests kbench bench
+#                                  build tests kbench bench quant
+#                                  (quant: weight-only int8/int4 tests, benches
+#                                  and the 32K-context peak-memory comparison)
 # Logs go to $OUT (or ./gpu-check-out); the summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +77,7 @@ fi
 
 OUTD=${OUT:-gpu-check-out}
 mkdir -p "$OUTD"
-STAGES=${*:-build tests kbench bench}
+STAGES=${*:-build tests kbench bench quant}
 has() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
 SUMMARY="$OUTD/summary.txt"
 : > "$SUMMARY"
@@ -92,16 +94,19 @@ if has build; then
   # host warnings are enforced by the CPU CI; here a warning must not stop the GPU checks
   DEPS=""; [ -d .deps/root ] && DEPS="DEPS_ROOT=.deps/root"   # unpacked -dev packages, if any
   make -j16 $DEPS WARN="-Wall -Wextra -Wno-unused-parameter" \
-       build/peregrine build/tests/test_kernels_cuda build/tests/test_engine_cuda > "$OUTD/build.log" 2>&1
+       build/peregrine build/tests/test_kernels_cuda build/tests/test_engine_cuda build/tests/test_quant_cuda \
+       build/tests/test_kv_cuda > "$OUTD/build.log" 2>&1
   rc=$?
   note "build: rc=$rc in $(( $(date +%s) - t0 )) s"
   [ $rc -ne 0 ] && tail -30 "$OUTD/build.log"
   # resource usage of the hot kernels: registers, spills, local memory
-  for f in gemv attention elementwise sample; do
+  for f in gemv gemv_quant quant attention elementwise sample; do
     nvcc -std=c++17 -O3 -gencode arch=compute_90,code=sm_90 -I. -DPG_CUDA=1 -Xptxas -v -c kernels/cuda/$f.cu \
       -o /tmp/$f.o 2>&1 | c++filt >> "$OUTD/ptxas.txt"
   done
   cuobjdump --dump-sass /tmp/gemv.o > /tmp/sass_gemv.txt 2>&1
+  cuobjdump --dump-sass /tmp/gemv_quant.o > /tmp/sass_gemv_quant.txt 2>&1
+  note "sass gemv_quant (all instantiations): global loads by form: $(grep -oE 'LDG[.A-Z0-9_]*' /tmp/sass_gemv_quant.txt | sort | uniq -c | tr -s ' ' | tr '\n' ';'), local LDL/STL: $(grep -cE '\b(LDL|STL)\b' /tmp/sass_gemv_quant.txt), I2F/F2F conversions: $(grep -cE '\b(I2F|F2F)[.A-Z0-9]*' /tmp/sass_gemv_quant.txt), PRMT: $(grep -c 'PRMT' /tmp/sass_gemv_quant.txt), LOP3: $(grep -c 'LOP3' /tmp/sass_gemv_quant.txt)"
   note "ptxas: $(grep -c 'spill stores' "$OUTD/ptxas.txt") kernels, $(grep -v ' 0 bytes spill stores' "$OUTD/ptxas.txt" | grep -c 'spill stores') with spills"
   note "sass gemv (all instantiations): global loads by form: $(grep -oE 'LDG[.A-Z0-9_]*' /tmp/sass_gemv.txt | sort | uniq -c | tr -s ' ' | tr '\n' ';'), local LDL/STL: $(grep -cE '\b(LDL|STL)\b' /tmp/sass_gemv.txt)"
   cuobjdump --dump-sass /tmp/attention.o 2>/dev/null | grep -cE 'HMMA' | sed 's/^/sass attention: HMMA instructions /' | tee -a "$SUMMARY"
@@ -122,6 +127,11 @@ if has tests; then
   rc=$?; cat /tmp/test_engine_cuda.log >> "$OUTD/tests.log"
   note "test_engine_cuda ($GGUF): rc=$rc $(grep -E 'Synthesis' /tmp/test_engine_cuda.log)"
   grep -E 'hf_reference|gguf_greedy|diverges|FAIL|rel err|Assertion' /tmp/test_engine_cuda.log | head -40 | tee -a "$SUMMARY"
+  # the KV cache: int8 kernels vs CPU twins, fused decode, int8 KV vs bf16 KV greedy tokens
+  env $LD PEREGRINE_GPU_GGUF=$GGUF build/tests/test_kv_cuda --verbose=1 > /tmp/test_kv_cuda.log 2>&1
+  rc=$?; cat /tmp/test_kv_cuda.log >> "$OUTD/tests.log"
+  note "test_kv_cuda ($GGUF): rc=$rc $(grep -E 'Synthesis' /tmp/test_kv_cuda.log)"
+  grep -E 'kv int8 greedy|engine_int8|FAIL|Assertion' /tmp/test_kv_cuda.log | head -20 | tee -a "$SUMMARY"
   # the same with programmatic dependent launch off (ordinary stream order)
   env $LD PEREGRINE_NO_PDL=1 PEREGRINE_HF_REFS=/tmp/hfrefs PEREGRINE_GPU_GGUF=$GGUF build/tests/test_engine_cuda \
     > /tmp/test_engine_cuda_nopdl.log 2>&1
@@ -148,6 +158,31 @@ if has bench; then
   b 7b-b4    --random-weights llama-2-7b --prompt-len 5 --new-tokens 100 --runs 3 --batch 4
   b smol-4l  --model .deps/gpu/smollm2-4l.gguf --prompt-len 5 --new-tokens 200 --runs 5
   b smol-4l-cpu --model .deps/gpu/smollm2-4l.gguf --device cpu --prompt-len 5 --new-tokens 64 --runs 3
+fi
+
+if has quant; then
+  env $LD build/tests/test_quant_cuda --verbose=1 > /tmp/test_quant_cuda.log 2>&1
+  rc=$?; cat /tmp/test_quant_cuda.log >> "$OUTD/tests.log"
+  note "test_quant_cuda: rc=$rc $(grep -E 'Synthesis' /tmp/test_quant_cuda.log)"
+  grep -E 'quant_vs_bf16|FAIL|Assertion' /tmp/test_quant_cuda.log | head -20 | tee -a "$SUMMARY"
+  b() { local name=$1; shift; echo "== peregrine bench $*" >> "$OUTD/bench.txt"
+        env $LD $BIN bench "$@" > /tmp/b.tmp 2>&1; local rc=$?; cat /tmp/b.tmp >> "$OUTD/bench.txt"
+        note "bench $name: rc=$rc $(grep -E '^\| |device memory|weights on the device' /tmp/b.tmp | tr '\n' ' ')"; }
+  note "| model | engine | batch | prompt | ctx | new | prefill tok/s | TTFT ms | decode tok/s | GB/step | GB/s | MBU |"
+  for q in "int8" "int4 --group-size 32" "int4 --group-size 128"; do
+    b "7b $q"      --random-weights llama-2-7b --quant $q --prompt-len 5 --new-tokens 200 --runs 5
+    b "8b $q"      --random-weights llama-3.1-8b --quant $q --prompt-len 5 --new-tokens 200 --runs 5
+  done
+  b "7b bf16 p512"   --random-weights llama-2-7b --prompt-len 512 --new-tokens 16 --runs 5
+  b "7b int8 p512"   --random-weights llama-2-7b --quant int8 --prompt-len 512 --new-tokens 16 --runs 5
+  b "7b int4 p512"   --random-weights llama-2-7b --quant int4 --prompt-len 512 --new-tokens 16 --runs 5
+  # peak memory at 32K context, Llama-3.1-8B shape: bf16 weights + bf16 KV vs int4 weights + int8 KV
+  # (bf16 KV for the second if this build's CUDA engine has no int8 KV cache yet)
+  b "8b 32k bf16+kv-bf16" --random-weights llama-3.1-8b --ctx 32563 --prompt-len 5 --new-tokens 200 --runs 1 --kv-cache bf16
+  KV=int8
+  env $LD $BIN bench --random-weights tiny-llama --device cuda --kv-cache int8 --prompt-len 5 --new-tokens 4 --runs 1 \
+    > /dev/null 2>&1 || KV=bf16
+  b "8b 32k int4+kv-$KV" --random-weights llama-3.1-8b --quant int4 --ctx 32563 --prompt-len 5 --new-tokens 200 --runs 1 --kv-cache $KV
 fi
 echo "================ summary"
 cat "$SUMMARY"

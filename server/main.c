@@ -5,6 +5,7 @@
  *   peregrine info      print a model's config, tensor types and memory needs
  *   peregrine serve     OpenAI-compatible HTTP server (server/serve.c)
  *   peregrine bench     engine-only speed measurement (tools/bench.c)
+ *   peregrine perplexity  perplexity on a text file (tools/perplexity.c)
  *
  * Option tables: each subcommand here declares its options once in a table
  * {name, kind, help, default}; the table drives parsing and --help, so defaults
@@ -335,8 +336,12 @@ static const subcommand g_cmds[] = {
     {"generate", "[--model PATH] (--prompt TEXT | --chat TEXT) [options]", "one-shot generation, streamed to stdout",
      g_generate_opts, generate_run, NULL},
     {"bench", "[options]", "engine-only speed: prefill/decode tok/s, MBU", NULL, NULL, bench_main},
+    {"perplexity", "[options]", "perplexity of a model on a text file (accuracy of --quant / --kv-cache)", NULL,
+     NULL, perplexity_main},
     {"info", "[--model PATH | --random-weights PRESET]", "model config, tensor types, memory needed", g_info_opts,
      info_run, NULL},
+    {"quantize", "IN OUT --quant int8|int4 [options]", "write a quantized checkpoint (int8 / int4 weights)", NULL, NULL,
+     quantize_main},
 };
 
 static void usage(FILE *f) {

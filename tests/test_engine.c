@@ -19,20 +19,11 @@
 #include "common/common.h"
 #include "model/engine.h"
 #include "model/model.h"
+#include "tests/test_util.h"
 
 #define FIX "tests/fixtures/hf/"
 
 /* ---------------------------------------------------------------- helpers */
-static double rel_err(const float *out, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)out[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num) / (sqrt(den) + 1e-30);
-}
-
 static model *load_model(const char *path) {
     model_load_opts o = {.path = path};
     model *m = NULL;

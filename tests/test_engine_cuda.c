@@ -27,29 +27,10 @@
 #include <unistd.h>
 
 #include "../model/engine.h"
+#include "tests/test_util.h"
 
 #if defined(PG_CUDA)
 #include <cuda_runtime_api.h>
-
-static int have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) { (void)cudaGetLastError(); return 0; }
-    return n > 0;
-}
-#define NEED_GPU() do { if (!have_gpu()) cr_skip("no CUDA GPU visible"); } while (0)
-
-static double relerr(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i])) return INFINITY;
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
-}
 
 static model *load_random(const char *preset)
 {
@@ -116,7 +97,7 @@ static void cpu_vs_cuda(const char *preset)
     step(eg, &row, 1, rg);
     logits_of(ec, 0, lc);
     logits_of(eg, 0, lg);
-    double e0 = relerr(lg, lc, (size_t)V), worst = e0;
+    double e0 = rel_err(lg, lc, (size_t)V), worst = e0;
     cr_log_info("%s prefill %d tokens: logits rel err %.3g", preset, n_prompt, e0);
     /* teacher-forced decode: both engines see the same tokens */
     for (int i = 0; i < n_dec; i++) {
@@ -125,7 +106,7 @@ static void cpu_vs_cuda(const char *preset)
         step(eg, &d, 1, rg);
         logits_of(ec, 0, lc);
         logits_of(eg, 0, lg);
-        double e = relerr(lg, lc, (size_t)V);
+        double e = rel_err(lg, lc, (size_t)V);
         if (e > worst) worst = e;
     }
     cr_log_info("%s decode %d steps: worst logits rel err %.3g", preset, n_dec, worst);
@@ -157,7 +138,7 @@ Test(engine_cuda, keep_all_logits_matches_cpu)
     for (int j = 0; j < n; j++) {
         cr_assert_eq(engine_get_logits_at(ec, j, lc, &err), PG_OK, "%s", err.msg);
         cr_assert_eq(engine_get_logits_at(eg, j, lg, &err), PG_OK, "%s", err.msg);
-        double e = relerr(lg, lc, (size_t)V);
+        double e = rel_err(lg, lc, (size_t)V);
         if (e > worst) worst = e;
     }
     cr_expect(worst <= 1e-2, "keep_all logits rel err %.3g", worst);
@@ -229,7 +210,7 @@ static double relerr_rows(const float *a, const float *ref, int n, int V)
 {
     double worst = 0;
     for (int j = 0; j < n; j++) {
-        double x = relerr(a + (size_t)j * V, ref + (size_t)j * V, (size_t)V);
+        double x = rel_err(a + (size_t)j * V, ref + (size_t)j * V, (size_t)V);
         if (x > worst) worst = x;
     }
     return worst;
@@ -394,7 +375,7 @@ Test(engine_cuda, gguf_greedy_matches_cpu, .timeout = 600)
             }
             logits_of(eg, 0, lg);
             printf("diverges at token %d: cpu %d (logit %.5f) vs cuda %d (cpu logit %.5f), gap %.5f; "
-                   "logits rel err there %.3g\n", first, tc[first], a, tg[first], b, a - b, relerr(lg, lc, (size_t)V));
+                   "logits rel err there %.3g\n", first, tc[first], a, tg[first], b, a - b, rel_err(lg, lc, (size_t)V));
             free(lg);
             cr_expect(a - b <= 0.02f, "prompt %d: tokens diverge at %d with a logit gap of %.4f (> 0.02: not a near-tie)",
                       n_prompts, first, a - b);

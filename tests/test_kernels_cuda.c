@@ -19,52 +19,7 @@
 #ifdef PG_CUDA
 #include <cuda_runtime_api.h>
 #include "../kernels/cuda/kernels_cuda.h"
-
-static int have_gpu(void)
-{
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) { (void)cudaGetLastError(); return 0; }
-    return n > 0;
-}
-#define NEED_GPU() do { if (!have_gpu()) cr_skip("no CUDA GPU visible"); } while (0)
-
-static double relerr(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i])) return INFINITY;
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
-}
-
-static void *dev_from(const void *h, size_t n)
-{
-    void *d;
-    KC_CHECK(cudaMalloc(&d, n ? n : 1));
-    if (h) KC_CHECK(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice));
-    return d;
-}
-static void *dev_poison(size_t n)
-{
-    void *d;
-    KC_CHECK(cudaMalloc(&d, n));
-    KC_CHECK(cudaMemset(d, 0xff, n));   /* all-ones bytes: NaN as f32 */
-    return d;
-}
-static void to_host(void *h, const void *d, size_t n)
-{
-    KC_CHECK(cudaDeviceSynchronize());
-    KC_CHECK(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost));
-}
-static float *randn(pg_rng *r, size_t n, float std)
-{
-    float *x = pg_xmalloc(n * sizeof *x);
-    for (size_t i = 0; i < n; i++) x[i] = std * pg_rng_normal(r);
-    return x;
-}
+#include "tests/test_util.h"
 
 /* Random weights in a stored dtype (GGUF block bytes for quant types). */
 static void *rand_weights(pg_rng *r, pg_dtype t, int rows, int cols, size_t *bytes)
@@ -96,7 +51,7 @@ static void *rand_weights(pg_rng *r, pg_dtype t, int rows, int cols, size_t *byt
 /* Device kc_matrix from stored weights (the engine's load path). */
 static kc_matrix dev_matrix(const void *w, size_t bytes, pg_dtype t, int rows, int cols)
 {
-    kc_matrix m = { t, rows, cols, NULL, NULL };
+    kc_matrix m = { t, rows, cols, NULL, NULL, 0 };
     KC_CHECK(cudaMalloc(&m.q, kc_matrix_q_bytes(t, rows, cols)));
     size_t sb = kc_matrix_s_bytes(t, rows, cols);
     if (sb) KC_CHECK(cudaMalloc(&m.s, sb));
@@ -132,7 +87,7 @@ static void check_gemv(pg_dtype t, int rows, int cols, int n, int swiglu, uint64
     float *out = pg_xmalloc((size_t)n * orows * sizeof(float));
     to_host(out, dy, (size_t)n * orows * 4);
     float *cmp = ref;   /* swiglu: compacted in place above to [n][orows] */
-    double e = relerr(out, cmp, (size_t)n * orows);
+    double e = rel_err(out, cmp, (size_t)n * orows);
     cr_log_info("gemv %s %dx%d n=%d swiglu=%d: rel err %.3g", pg_dtype_name(t), rows, cols, n, swiglu, e);
     cr_expect(e <= 1e-5, "gemv %s %dx%d n=%d swiglu=%d: rel err %.3g > 1e-5", pg_dtype_name(t), rows,
               cols, n, swiglu, e);
@@ -188,7 +143,7 @@ Test(kernels_cuda, gemm_bf16_cublaslt)
     cr_assert_eq(kc_gemm_ctx_init(&g, &err), PG_OK);
     k_gemm_bf16(g, &m, dx, n, dy, 0);
     to_host(out, dy, (size_t)n * rows * 4);
-    double e = relerr(out, ref, (size_t)n * rows);
+    double e = rel_err(out, ref, (size_t)n * rows);
     cr_log_info("gemm bf16 %dx%d n=%d: rel err %.3g", rows, cols, n, e);
     cr_expect(e <= 1e-5, "cuBLASLt bf16 GEMM rel err %.3g > 1e-5", e);
     kc_gemm_ctx_free(g);
@@ -215,7 +170,7 @@ Test(kernels_cuda, embed_all_dtypes)
         float *dy = dev_poison((size_t)n * dim * 4);
         k_embed(&m, dids, n, dy, 0);
         to_host(out, dy, (size_t)n * dim * 4);
-        double e = relerr(out, ref, (size_t)n * dim);
+        double e = rel_err(out, ref, (size_t)n * dim);
         cr_expect(e <= 1e-6, "embed %s rel err %.3g", pg_dtype_name(ts[a]), e);
         free_matrix(&m); cudaFree(dids); cudaFree(dy);
         free(w); free(ref); free(out);
@@ -240,7 +195,7 @@ Test(kernels_cuda, add_rmsnorm_swiglu_add)
     float *out = pg_xmalloc((size_t)n * dim * 4), *res = pg_xmalloc((size_t)n * dim * 4);
     to_host(out, dout, (size_t)n * dim * 4);
     to_host(res, dx, (size_t)n * dim * 4);
-    double e1 = relerr(out, ref, (size_t)n * dim), e2 = relerr(res, sum, (size_t)n * dim);
+    double e1 = rel_err(out, ref, (size_t)n * dim), e2 = rel_err(res, sum, (size_t)n * dim);
     cr_expect(e1 <= 1e-5, "add_rmsnorm out rel err %.3g", e1);
     cr_expect(e2 <= 1e-6, "add_rmsnorm residual rel err %.3g", e2);
 
@@ -251,13 +206,13 @@ Test(kernels_cuda, add_rmsnorm_swiglu_add)
     float *dgu = dev_from(x, (size_t)n * dim * 4), *dsy = dev_poison((size_t)n * h * 4);
     k_swiglu(dgu, n, h, dsy, NULL, 0);
     to_host(out, dsy, (size_t)n * h * 4);
-    double e3 = relerr(out, sref, (size_t)n * h);
+    double e3 = rel_err(out, sref, (size_t)n * h);
     cr_expect(e3 <= 1e-5, "swiglu rel err %.3g", e3);
 
     /* add */
     k_add(dgu, dd, (int64_t)n * dim, 0);
     to_host(out, dgu, (size_t)n * dim * 4);
-    cr_expect(relerr(out, sum, (size_t)n * dim) <= 1e-6, "add");
+    cr_expect(rel_err(out, sum, (size_t)n * dim) <= 1e-6, "add");
     cudaFree(dx); cudaFree(dd); cudaFree(dw); cudaFree(dout); cudaFree(dgu); cudaFree(dsy);
     free(x); free(d); free(w); free(sum); free(ref); free(out); free(res); free(sref);
 }
@@ -292,7 +247,7 @@ static void check_rope(int interleaved, int llama3, int hd)
     double eq = 0, ek = 0, ev = 0;
     float *gk = pg_xmalloc((size_t)kn * 4), *gv = pg_xmalloc((size_t)kn * 4);
     for (int i = 0; i < n; i++) {
-        double e = relerr(out + (size_t)i * stride, ref + (size_t)i * stride, (size_t)qn);
+        double e = rel_err(out + (size_t)i * stride, ref + (size_t)i * stride, (size_t)qn);
         if (e > eq) eq = e;
         for (int h = 0; h < sh.n_kv_heads; h++)
             for (int d = 0; d < hd; d++) {
@@ -300,8 +255,8 @@ static void check_rope(int interleaved, int llama3, int hd)
                 gk[h * hd + d] = pg_bf16_to_f32(hk[at]);
                 gv[h * hd + d] = pg_bf16_to_f32(hv[at]);
             }
-        e = relerr(gk, ref + (size_t)i * stride + qn, (size_t)kn); if (e > ek) ek = e;
-        e = relerr(gv, ref + (size_t)i * stride + qn + kn, (size_t)kn); if (e > ev) ev = e;
+        e = rel_err(gk, ref + (size_t)i * stride + qn, (size_t)kn); if (e > ek) ek = e;
+        e = rel_err(gv, ref + (size_t)i * stride + qn + kn, (size_t)kn); if (e > ev) ev = e;
     }
     cr_log_info("rope il=%d l3=%d hd=%d: q %.3g k %.3g v %.3g", interleaved, llama3, hd, eq, ek, ev);
     cr_expect(eq <= 1e-5, "rope q rel err %.3g (interleaved %d, llama3 %d)", eq, interleaved, llama3);
@@ -354,7 +309,7 @@ static void check_decode(int nh, int nkv, int hd, int max_seq)
     k_attn_decode(dq, qs, n, dpos, dslot, dk, dv, sh, part, dout, nh * hd, 0);   /* counters were reset */
     float *out = pg_xmalloc((size_t)n * nh * hd * 4);
     to_host(out, dout, (size_t)n * nh * hd * 4);
-    double e = relerr(out, ref, (size_t)n * nh * hd);
+    double e = rel_err(out, ref, (size_t)n * nh * hd);
     cr_log_info("attn decode %d/%d hd %d max_seq %d: rel err %.3g", nh, nkv, hd, max_seq, e);
     cr_expect(e <= 1e-5, "attn decode heads %d/%d hd %d max_seq %d: rel err %.3g", nh, nkv, hd, max_seq, e);
     cudaFree(dk); cudaFree(dv); cudaFree(dq); cudaFree(dout); cudaFree(part); cudaFree(dpos); cudaFree(dslot);
@@ -391,7 +346,7 @@ static void check_prefill(int nh, int nkv, int hd, int n, int pos0, double tol)
     k_attn_prefill(dq, qs, n, pos0, slot, dk, dv, sh, dout, nh * hd, 0);
     float *out = pg_xmalloc((size_t)n * nh * hd * 4);
     to_host(out, dout, (size_t)n * nh * hd * 4);
-    double e = relerr(out, ref, (size_t)n * nh * hd);
+    double e = rel_err(out, ref, (size_t)n * nh * hd);
     cr_log_info("attn prefill %d/%d hd %d n %d pos0 %d: rel err %.3g", nh, nkv, hd, n, pos0, e);
     cr_expect(e <= tol, "attn prefill heads %d/%d hd %d n %d pos0 %d: rel err %.3g > %.g", nh, nkv, hd, n,
               pos0, e, tol);

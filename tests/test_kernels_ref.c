@@ -13,25 +13,9 @@
 #include "common/common.h"
 #include "kernels/kernels.h"
 #include "kernels/threadpool.h"
+#include "tests/test_util.h"
 
 /* ---------------------------------------------------------------- helpers */
-static double rel_err(const float *out, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)out[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num) / (sqrt(den) + 1e-30);
-}
-
-static void fill_normal(pg_rng *r, float *x, size_t n, float std) {
-    for (size_t i = 0; i < n; i++) x[i] = std * pg_rng_normal(r);
-}
-
-static void poison(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-}
 
 static void put_f16(uint8_t *p, float v) { uint16_t h = pg_f32_to_f16(v); memcpy(p, &h, 2); }
 

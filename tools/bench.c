@@ -136,6 +136,7 @@ static double copy_bandwidth(int cuda)
  * embedding table only if it doubles as the LM head. */
 static double weights_read_per_step(const model *m, const engine_info_t *info, int cuda)
 {
+    if (info->step_weight_bytes) return (double)info->step_weight_bytes;   /* the backend counts its own reads */
     double emb = (double)m->w.tok_embd.nbytes;
 #ifdef PG_CUDA
     if (cuda) {

@@ -1,6 +1,8 @@
 /*
- * tools/ — programs that measure: `peregrine bench` (engine-only speed) and,
- * later, `peregrine loadtest` (drives any OpenAI-compatible server).
+ * tools/ — programs that measure: `peregrine bench` (engine-only speed),
+ * `peregrine perplexity` (accuracy of a weight format / KV cache type on a
+ * fixed text) and, later, `peregrine loadtest` (drives any OpenAI-compatible
+ * server).
  * Each exports a main-style entry that server/main.c dispatches to.
  */
 #ifndef PG_TOOLS_H
@@ -8,5 +10,36 @@
 
 /* `peregrine bench ARGS` (argv[0] == "bench"). Returns the process exit code. */
 int bench_main(int argc, char **argv);
+
+/* `peregrine quantize IN OUT --quant int8|int4 [--group-size N] [--no-quant-lm-head]`
+ * (tools/quantize.c): writes a quantized checkpoint (model/quant.h). */
+int quantize_main(int argc, char **argv);
+
+/* `peregrine perplexity ARGS` (tools/perplexity.c): perplexity of a model on
+ * a text file in windows of --ctx tokens. Returns the process exit code. */
+int perplexity_main(int argc, char **argv);
+
+/* The scoring behind it, for tests. */
+#include <stdint.h>
+#include "../common/common.h"
+struct engine;
+
+typedef struct {
+    int64_t n_scored;   /* tokens scored */
+    double  nll_sum;    /* sum of -log p(token | window prefix), nats, f64 */
+    int     n_windows;
+} ppl_result;
+
+/* -log softmax(logits)[target], in f64 with the max subtracted. */
+double ppl_token_nll(const float *logits, int vocab, int target);
+
+/* Score text ids[0..n) in non-overlapping windows of ctx tokens on slot 0 of
+ * e (max_seq_len >= ctx): with bos >= 0 each window is bos + ctx-1 text
+ * tokens, else ctx text tokens; the last window takes what is left. Every
+ * window token after the first is scored from the logits of the position
+ * before it. Windows are prefilled in engine steps of `step` tokens
+ * (<= 0: 512) with engine_keep_all_logits. Leaves slot 0 reset-able. */
+int ppl_score(struct engine *e, const int32_t *ids, int64_t n, int ctx, int bos, int step,
+              ppl_result *out, pg_err *err);
 
 #endif

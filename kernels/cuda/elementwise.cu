@@ -2,13 +2,15 @@
  * kernels/cuda/elementwise.cu — the small kernels around the matrix
  * products: weight conversion and repacking at load time, random weights,
  * embedding gather, RMSNorm fused with the residual add, SwiGLU, and RoPE
- * fused with the KV-cache write.
+ * fused with the KV-cache write (bf16 cache, or int8 quantized as it is
+ * written).
  *
  * All are memory-bound and tiny next to the weight stream; they are written
  * for clarity, with fp32 arithmetic and fixed reduction orders (so a graph
  * replay computes bit-identical results to an eager run).
  */
 #include "kc_util.cuh"
+#include "kv_write.cuh"
 #include <stdlib.h>
 #include <string.h>
 
@@ -180,6 +182,13 @@ __device__ __forceinline__ float kc_dequant(const kc_matrix &m, int64_t r, int j
     int64_t cols = m.cols;
     switch (m.dtype) {
     case PG_BF16: return kc_bf16_f(((const uint16_t *)m.q)[r * cols + j]);
+    case PG_QI8: return kc_f16_f(((const uint16_t *)m.s)[r * (cols / m.group) + j / m.group]) *
+                        (float)((const int8_t *)m.q)[r * cols + j];
+    case PG_QI4: {   /* s*q is exact in f32: fmaf = the reference's product, then + m */
+        uint32_t sm = ((const uint32_t *)m.s)[r * (cols / m.group) + j / m.group];
+        int v = (((const uint8_t *)m.q)[r * (cols / 2) + j / 2] >> (4 * (j & 1))) & 15;
+        return fmaf(kc_f16_f((uint16_t)(sm & 0xffff)), (float)v, kc_f16_f((uint16_t)(sm >> 16)));
+    }
     case PG_Q8_0: return kc_f16_f(((const uint16_t *)m.s)[r * (cols / 32) + j / 32]) *
                          (float)((const int8_t *)m.q)[r * cols + j];
     default: {
@@ -299,8 +308,8 @@ __global__ void rope_kv_kernel(float *qkv, int stride, const int32_t *pos, const
             int i0 = sh.interleaved ? 2 * k : k, i1 = sh.interleaved ? 2 * k + 1 : k + half;
             float sn, cs;
             sincosf((float)p * inv_freq[k], &sn, &cs);
-            float a = x[i0], b = x[i1];
-            float r0 = a * cs - b * sn, r1 = a * sn + b * cs;
+            float r0, r1;
+            kc_rope_rot(x[i0], x[i1], cs, sn, &r0, &r1);
             if (t < nq) { x[i0] = r0; x[i1] = r1; }
             else {
                 int kh = head - sh.n_heads;
@@ -322,6 +331,52 @@ extern "C" void k_rope_kv_write(float *qkv, int row_stride, int n, const int32_t
     PG_ASSERT(sh.head_dim % 2 == 0 && sh.n_heads % sh.n_kv_heads == 0);
     int work = (sh.n_heads + sh.n_kv_heads) * sh.head_dim / 2 + sh.n_kv_heads * sh.head_dim;
     kc_launch(rope_kv_kernel, dim3(dim3(n, KC_CDIV(work, 128))), dim3(128), 0, s, qkv, row_stride, pos, slot, inv_freq, sh, kc, vc);
+    KC_LAUNCH_CHECK();
+}
+
+// int8 cache (layout and quantizer: kernels/kernels.h). Grid (token, slice):
+// slices [0, qb) rotate q pairs, one per thread; slices [qb, qb + hb) hold
+// four warps, one per k or v head vector (kc_kv_write_head: rotate k, then
+// the ref_kv_quant_int8 rule with the same f32 operations, so the bytes are
+// identical).
+__global__ void rope_kv_int8_kernel(float *qkv, int stride, const int32_t *pos, const int32_t *slot,
+                                    const float *inv_freq, kc_attn_shape sh, int qb, int8_t *kc,
+                                    int8_t *vc, float *ks, float *vs)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int i = blockIdx.x, hd = sh.head_dim, half = hd / 2;
+    float *row = qkv + (size_t)i * stride;
+    const int p = pos[i];
+    if ((int)blockIdx.y < qb) {
+        const int t = blockIdx.y * blockDim.x + threadIdx.x;
+        if (t >= sh.n_heads * half) return;
+        const int head = t / half, k = t % half;
+        float *x = row + (size_t)head * hd;
+        int i0, i1;
+        kc_rope_pair(k, half, sh.interleaved, &i0, &i1);
+        float sn, cs;
+        sincosf((float)p * inv_freq[k], &sn, &cs);
+        kc_rope_rot(x[i0], x[i1], cs, sn, &x[i0], &x[i1]);
+        return;
+    }
+    const int vec = ((int)blockIdx.y - qb) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (vec >= 2 * sh.n_kv_heads) return;   // whole warps
+    const bool is_v = vec >= sh.n_kv_heads;
+    const int kh = is_v ? vec - sh.n_kv_heads : vec;
+    const size_t at = ((size_t)slot[i] * sh.n_kv_heads + kh) * sh.max_seq + p;
+    kc_kv_write_head<true>(row + (size_t)(sh.n_heads + vec) * hd, !is_v, p, inv_freq, sh.interleaved, hd,
+                           (is_v ? vc : kc) + at * hd, (is_v ? vs : ks) + at);
+}
+extern "C" void k_rope_kv_write_int8(float *qkv, int row_stride, int n, const int32_t *pos,
+                                     const int32_t *slot, const float *inv_freq, kc_attn_shape sh,
+                                     int8_t *kc, int8_t *vc, float *ks, float *vs, cudaStream_t s)
+{
+    if (n <= 0) return;
+    PG_ASSERT(sh.head_dim % 2 == 0 && sh.head_dim <= 256 && sh.n_heads % sh.n_kv_heads == 0);
+    const int qb = KC_CDIV(sh.n_heads * sh.head_dim / 2, 128), hb = KC_CDIV(2 * sh.n_kv_heads, 4);
+    kc_launch(rope_kv_int8_kernel, dim3(n, qb + hb), dim3(128), 0, s, qkv, row_stride, pos, slot, inv_freq,
+              sh, qb, kc, vc, ks, vs);
     KC_LAUNCH_CHECK();
 }
 

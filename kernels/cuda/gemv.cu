@@ -262,6 +262,8 @@ static void gemv_dispatch(const kc_matrix *w, const float *x, int n, float *y, c
     case PG_Q4_1:
         PG_ASSERT(w->cols % 32 == 0 && w->s);
         gemv_launch_t<UQ4<true>, SW ? 1 : 0, SW ? 2 : 4, SW ? 1 : 0, SW ? 2 : 4>(w, rows, x, n, y, s); break;
+    case PG_QI8: case PG_QI4:   /* kernels/cuda/gemv_quant.cu */
+        k_gemv_q(w, x, n, y, SW, s); break;
     default:
         PG_DIE("k_gemv: unsupported weight dtype %s", pg_dtype_name(w->dtype));
     }

@@ -12,7 +12,9 @@
  *     device as bf16 or in a repacked GGUF block format (kc_matrix), and every
  *     dot product accumulates in fp32.
  *   - Matrices are row-major [rows = out][cols = in]; y = W x.
- *   - The KV cache of one layer is bf16 [slot][kv_head][max_seq][head_dim].
+ *   - The KV cache of one layer is bf16 [slot][kv_head][max_seq][head_dim],
+ *     or int8 in the same layout plus one f32 scale per (slot, kv_head,
+ *     position) ([slot][kv_head][max_seq]); the *_int8 launchers take it.
  *   - Per-step inputs (token ids, positions, slots) are device arrays so the
  *     decode step can be captured once in a CUDA graph and replayed.
  * Capture safety: no launcher allocates, synchronises or reads host memory
@@ -57,11 +59,25 @@ typedef uint16_t kc_bf16;
  * The GGUF blocks are split into a quant array and a scale array at load
  * time (kc_repack_blocks) so that every row of quants is 16-byte aligned.
  */
+/*
+ * Peregrine's own weight-only formats (model/quant.h), as the CUDA engine
+ * holds them (GGUF blocks are converted to these at load, kernels/cuda/quant.cu):
+ *   PG_QI8: q = int8 [rows][cols] (the canonical layout);
+ *           s = f16 scale [rows][cols/group]; w = s*q. group % 16 == 0
+ *           (group = cols: one scale per output channel).
+ *   PG_QI4: q = u8 [rows][cols/2], canonical nibble order (element c in byte
+ *           c/2, low nibble for even c); s = u32 {f16 s (low half), f16 m
+ *           (high half)} [rows][cols/group] — scale and minimum interleaved so
+ *           one 4-byte load fetches both; w = s*q + m. group in {32, 64, 128}.
+ * The decode kernels (gemv_quant.cu) read q with 16-byte loads: a 16-byte
+ * unit is 16 QI8 or 32 QI4 elements, never straddling a group.
+ */
 typedef struct {
     pg_dtype dtype;
     int      rows, cols;
     void    *q;
     void    *s;
+    int      group;   /* PG_QI8 / PG_QI4: elements per group along cols; 0 otherwise */
 } kc_matrix;
 
 /* Bytes the matrix occupies on the device (q + s). */
@@ -69,6 +85,31 @@ size_t kc_matrix_bytes(pg_dtype dtype, int64_t rows, int64_t cols);
 /* Bytes of q and s separately. */
 size_t kc_matrix_q_bytes(pg_dtype dtype, int64_t rows, int64_t cols);
 size_t kc_matrix_s_bytes(pg_dtype dtype, int64_t rows, int64_t cols);
+/* The same for every dtype including PG_QI8 / PG_QI4 (group used only there). */
+size_t kc_qm_q_bytes(pg_dtype dtype, int64_t rows, int64_t cols, int group);
+size_t kc_qm_s_bytes(pg_dtype dtype, int64_t rows, int64_t cols, int group);
+size_t kc_qm_bytes(pg_dtype dtype, int64_t rows, int64_t cols, int group);
+
+/* ------------------------------------------------------------ quantization
+ * (kernels/cuda/quant.cu; CPU twins in model/quant.c)
+ * k_quantize: rows [0, rows) of a source matrix on the device, stored as
+ * F32/F16/BF16 or GGUF Q8_0/Q4_0/Q4_1 blocks, -> rows [row0, row0 + rows) of
+ * dst (PG_QI8 or PG_QI4 with dst->group set), with the arithmetic of
+ * quant_matrix (model/quant.h): bit-identical q and f16 parameters.
+ * k_quant_from_gguf: GGUF Q8_0 -> QI8 group 32, Q4_0 / Q4_1 -> QI4 group 32,
+ * exactly (quant_from_gguf), no float round trip.
+ * k_dequant_bf16: rows [r0, r0 + nrows) of a QI8/QI4 matrix -> bf16
+ * dst[nrows][cols] (prefill feeds these tiles to the tensor cores).
+ * k_blocks_to_bf16: n elements of GGUF blocks -> bf16 (--quant bf16 of a GGUF file).
+ * kc_pack_qparams (host): canonical f16 scale[n] (+ min[n] for QI4) -> the
+ * device parameter array above (out: 2n bytes for QI8, 4n for QI4). */
+void k_quantize(const void *src, pg_dtype src_t, int64_t rows, int64_t cols, kc_matrix *dst,
+                int64_t row0, cudaStream_t s);
+void k_quant_from_gguf(const void *src, pg_dtype src_t, int64_t rows, int64_t cols, kc_matrix *dst,
+                       int64_t row0, cudaStream_t s);
+void k_dequant_bf16(const kc_matrix *w, int64_t r0, int64_t nrows, kc_bf16 *dst, cudaStream_t s);
+void k_blocks_to_bf16(const void *src, pg_dtype src_t, int64_t n, kc_bf16 *dst, cudaStream_t s);
+void kc_pack_qparams(pg_dtype t, const uint16_t *scale, const uint16_t *min, size_t n, void *out);
 
 /* ------------------------------------------------------------ conversion */
 /* GGUF blocks (src, device, rows*cols/32 blocks of `dtype`) -> q/s arrays of m
@@ -116,6 +157,15 @@ typedef struct {
 void k_rope_kv_write(float *qkv, int row_stride, int n, const int32_t *pos,
                      const int32_t *slot, const float *inv_freq, kc_attn_shape sh,
                      kc_bf16 *kc, kc_bf16 *vc, cudaStream_t s);
+/* The same for the int8 KV cache (layout and quantizer: kernels/kernels.h):
+ * each rotated k head vector and each v head vector is quantized by the
+ * ref_kv_quant_int8 rule (bitwise: same max, same f32 division, same
+ * rounding) into kc/vc int8 [slot][kv_head][max_seq][head_dim] with its
+ * scale in ks/vs f32 [slot][kv_head][max_seq]. The rotated k is also written
+ * back into qkv (f32), so a test can quantize exactly the kernel's input. */
+void k_rope_kv_write_int8(float *qkv, int row_stride, int n, const int32_t *pos,
+                          const int32_t *slot, const float *inv_freq, kc_attn_shape sh,
+                          int8_t *kc, int8_t *vc, float *ks, float *vs, cudaStream_t s);
 
 /* ------------------------------------------------------------ matmul */
 /* Decode matrix-vector: y[i] = W x[i] for i < n (any n; kernels run 1..8
@@ -124,6 +174,10 @@ void k_gemv(const kc_matrix *w, const float *x, int n, float *y, cudaStream_t s)
 /* Fused SwiGLU: W holds gate rows [0, h) then up rows [h, 2h);
  * y[i][j] = silu(gate_j . x[i]) * (up_j . x[i]); y: [n][h]. */
 void k_gemv_swiglu(const kc_matrix *w, const float *x, int n, float *y, cudaStream_t s);
+/* The PG_QI8 / PG_QI4 variants of both (kernels/cuda/gemv_quant.cu; k_gemv and
+ * k_gemv_swiglu dispatch to it): dequantization fused in registers, fp32
+ * accumulation, swiglu = 1 for the fused SwiGLU form. */
+void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, int swiglu, cudaStream_t s);
 
 /* cuBLASLt bf16 GEMM for prefill: Y[n][rows] (fp32) = X[n][cols] (bf16) W^T.
  * W must be PG_BF16. The context owns the handle and a workspace. */
@@ -132,20 +186,29 @@ int  kc_gemm_ctx_init(kc_gemm_ctx **out, pg_err *err);
 void kc_gemm_ctx_free(kc_gemm_ctx *c);
 void k_gemm_bf16(kc_gemm_ctx *c, const kc_matrix *w, const kc_bf16 *x, int n,
                  float *y, cudaStream_t s);
+/* The same for a PG_QI8 / PG_QI4 W: row tiles dequantized into scratch
+ * (scratch_elems bf16, >= 128 rows' worth or the whole matrix), then the
+ * tensor-core GEMM per tile into Y (gemm.cu). */
+void k_gemm_q(kc_gemm_ctx *c, const kc_matrix *w, const kc_bf16 *x, int n, float *y,
+              kc_bf16 *scratch, size_t scratch_elems, cudaStream_t s);
 
 /* ------------------------------------------------------------ attention */
 /*
  * Decode attention (flash-decoding). For each of n rows: query q[i] (row
  * stride q_stride floats; n_heads*head_dim), cache slot slot[i], valid length
- * pos[i]+1. The sequence is split into chunks of KC_ATTN_CHUNK positions; each
- * (row, kv_head, chunk) block handles all query heads of its GQA group and
- * writes a partial (max, sum, o) to `part`; chunks past the valid length skip
- * the work. The last block to finish for a (row, kv head) merges the chunks
- * in a fixed order (deterministic).
+ * pos[i]+1. The sequence is cut into chunks of KC_ATTN_CHUNK positions (twice
+ * that for the int8 cache) and the chunks into a fixed number of contiguous
+ * splits (set by the shape and the SM count); each (row, kv_head, split)
+ * block streams its chunks through shared memory with an online softmax for
+ * all query heads of its GQA group and writes a partial
+ * (max, sum, o) to `part`; splits past the valid length exit at once. The
+ * last block to finish for a (row, kv head) merges the splits in a fixed
+ * order (deterministic).
  * out: [n][n_heads*head_dim] fp32 (row stride out_stride).
- * part: workspace of k_attn_decode_part_floats(...) floats, ZEROED once
- * before first use (its tail holds arrival counters that every launch leaves
- * at zero again).
+ * part: workspace of k_attn_decode_part_floats(n_max, sh) floats for up to
+ * n_max rows, ZEROED once before first use (each row starts with arrival
+ * counters that every launch leaves at zero again; the row layout does not
+ * depend on n, so launches with different batch sizes share it).
  */
 #define KC_ATTN_CHUNK 64
 size_t k_attn_decode_part_floats(int n, kc_attn_shape sh);
@@ -153,6 +216,25 @@ void k_attn_decode(const float *q, int q_stride, int n, const int32_t *pos,
                    const int32_t *slot, const kc_bf16 *kc, const kc_bf16 *vc,
                    kc_attn_shape sh, float *part, float *out, int out_stride,
                    cudaStream_t s);
+/* k_attn_decode over the int8 cache (k_rope_kv_write_int8's layout),
+ * dequantized in registers (x = s * q). Same workspace. */
+void k_attn_decode_int8(const float *q, int q_stride, int n, const int32_t *pos,
+                        const int32_t *slot, const int8_t *kc, const int8_t *vc,
+                        const float *ks, const float *vs, kc_attn_shape sh, float *part,
+                        float *out, int out_stride, cudaStream_t s);
+/* RoPE + KV-cache write + decode attention in one launch (the decode step's
+ * form): qkv rows as for k_rope_kv_write, q and the new k/v not rotated or
+ * written yet. Same results, bit for bit, as k_rope_kv_write(_int8) followed
+ * by k_attn_decode(_int8), except that q stays unrotated in qkv (the rotated
+ * k is written back, as there). */
+void k_rope_attn_decode(float *qkv, int row_stride, int n, const int32_t *pos,
+                        const int32_t *slot, const float *inv_freq, kc_attn_shape sh,
+                        kc_bf16 *kc, kc_bf16 *vc, float *part, float *out, int out_stride,
+                        cudaStream_t s);
+void k_rope_attn_decode_int8(float *qkv, int row_stride, int n, const int32_t *pos,
+                             const int32_t *slot, const float *inv_freq, kc_attn_shape sh,
+                             int8_t *kc, int8_t *vc, float *ks, float *vs, float *part,
+                             float *out, int out_stride, cudaStream_t s);
 /*
  * Prefill attention for one sequence: n queries at positions pos0..pos0+n-1
  * of cache slot `slot`, causal over the cache (which already holds K/V for
@@ -163,6 +245,11 @@ void k_attn_decode(const float *q, int q_stride, int n, const int32_t *pos,
 void k_attn_prefill(const float *q, int q_stride, int n, int pos0, int slot,
                     const kc_bf16 *kc, const kc_bf16 *vc, kc_attn_shape sh,
                     float *out, int out_stride, cudaStream_t s);
+/* k_attn_prefill over the int8 cache; the tensor-core path dequantizes K/V
+ * tiles into bf16 shared memory (s * q rounded to bf16). */
+void k_attn_prefill_int8(const float *q, int q_stride, int n, int pos0, int slot,
+                         const int8_t *kc, const int8_t *vc, const float *ks, const float *vs,
+                         kc_attn_shape sh, float *out, int out_stride, cudaStream_t s);
 
 /* ------------------------------------------------------------ sampling */
 /*

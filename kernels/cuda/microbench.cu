@@ -40,16 +40,25 @@ struct MatSet {   // `copies` copies of one matrix, to defeat L2
     std::vector<kc_matrix> m;
     size_t bytes;
 };
-static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t s, uint64_t seed)
+// group: QI8 / QI4 only (QI8: 0 = per output channel). Quantized copies
+// are quantized on the device from normal(0, 0.02) bf16 weights.
+static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t s, uint64_t seed, int group = 0)
 {
     MatSet ms;
-    ms.bytes = kc_matrix_bytes(t, rows, cols);
+    const bool qi = t == PG_QI8 || t == PG_QI4;
+    if (qi && group == 0) group = cols;
+    ms.bytes = kc_qm_bytes(t, rows, cols, group);
     int copies = (int)std::min<size_t>(64, std::max<size_t>(2, 4 * l2 / ms.bytes + 1));
+    kc_bf16 *tmp = qi ? (kc_bf16 *)dalloc((size_t)rows * cols * 2) : NULL;
     for (int c = 0; c < copies; c++) {
-        kc_matrix m = { t, rows, cols, dalloc(kc_matrix_q_bytes(t, rows, cols)), NULL };
+        kc_matrix m = { t, rows, cols, dalloc(kc_qm_q_bytes(t, rows, cols, group)), NULL, qi ? group : 0 };
         size_t sb = kc_matrix_s_bytes(t, rows, cols);
         if (t == PG_BF16) k_fill_normal_bf16((kc_bf16 *)m.q, (int64_t)rows * cols, seed + c, 0.f, 0.02f, s);
-        else {
+        else if (qi) {
+            m.s = dalloc(kc_qm_s_bytes(t, rows, cols, group));
+            k_fill_normal_bf16(tmp, (int64_t)rows * cols, seed + c, 0.f, 0.02f, s);
+            k_quantize(tmp, PG_BF16, rows, cols, &m, 0, s);
+        } else {
             // random bytes for quants; scales ~ N(0.002, 0.0005) as f16 bits are
             // not needed exactly: fill both with bf16 noise reinterpretation
             k_fill_normal_bf16((kc_bf16 *)m.q, (int64_t)kc_matrix_q_bytes(t, rows, cols) / 2, seed + c, 0.f, 1000.f, s);
@@ -58,6 +67,7 @@ static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t 
         }
         ms.m.push_back(m);
     }
+    if (tmp) { MB_CHECK(cudaStreamSynchronize(s)); cudaFree(tmp); }
     return ms;
 }
 static void free_mats(MatSet &ms) { for (auto &m : ms.m) { cudaFree(m.q); cudaFree(m.s); } }
@@ -85,7 +95,7 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
     if (kc_gemm_ctx_init(&g, err)) return err ? err->code : PG_EDEVICE;
     {
         int n = 8192;
-        kc_matrix w = { PG_BF16, n, n, dalloc((size_t)n * n * 2), NULL };
+        kc_matrix w = { PG_BF16, n, n, dalloc((size_t)n * n * 2), NULL, 0 };
         kc_bf16 *x = (kc_bf16 *)dalloc((size_t)n * n * 2);
         float *y = (float *)dalloc((size_t)n * n * 4);
         k_fill_normal_bf16((kc_bf16 *)w.q, (int64_t)n * n, 2, 0.f, 1.f, s);
@@ -112,23 +122,37 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
     k_fill_normal_f32(x, (int64_t)512 * maxc, 5, 0.f, 1.f, s);
     k_fill_normal_bf16(xb, (int64_t)512 * maxc, 6, 0.f, 1.f, s);
 
-    pg_dtype types[] = { PG_BF16, PG_Q8_0, PG_Q4_1 };
-    double tot_bytes = 0, tot_us = 0;
-    for (pg_dtype t : types) {
+    // bf16, QI8 per channel, QI4 g32 and g128 (bytes counted: q + scales + mins)
+    struct WType { pg_dtype t; int group; } types[] = { { PG_BF16, 0 }, { PG_QI8, 0 }, { PG_QI4, 32 }, { PG_QI4, 128 } };
+    kc_bf16 *qscr = (kc_bf16 *)dalloc((size_t)(32u << 20) * 2);   // prefill tiles, as the engine's CU_QSCRATCH
+    for (WType wt : types) {
+        pg_dtype t = wt.t;
+        char tname[32];
+        if (t == PG_BF16) snprintf(tname, sizeof tname, "bf16");
+        else if (t == PG_QI8) snprintf(tname, sizeof tname, "int8");
+        else snprintf(tname, sizeof tname, "int4-g%d", wt.group);
+        double tot_bytes = 0, tot_us = 0;
         for (auto &sh : shapes) {
-            if (t != PG_BF16 && strcmp(sh.name, "wqkv") && strcmp(sh.name, "w2")) continue;
-            MatSet ms = make_mats(t, sh.rows, sh.cols, l2, s, 10);
+            MatSet ms = make_mats(t, sh.rows, sh.cols, l2, s, 10, wt.group);
             int nc = (int)ms.m.size();
             for (int n : { 1, 4 }) {
-                if (n == 4 && t != PG_BF16) continue;
                 float us = time_med(s, 2 * nc, [&](int i) {
                     if (sh.sw) k_gemv_swiglu(&ms.m[i % nc], x, n, y, s); else k_gemv(&ms.m[i % nc], x, n, y, s);
                 });
                 double gbs = ms.bytes / (us * 1e-6) / 1e9;
                 char name[96];
-                snprintf(name, sizeof name, "gemv %s %s n=%d %dx%d", pg_dtype_name(t), sh.name, n, sh.rows, sh.cols);
+                snprintf(name, sizeof name, "gemv %s %s n=%d %dx%d", tname, sh.name, n, sh.rows, sh.cols);
                 fprintf(f, "%-44s %10.1f %10.1f %8.0f GB/s %6.1f%%\n", name, us, ms.bytes / 1e6, gbs, 100 * gbs / copy_bw);
-                if (t == PG_BF16 && n == 1) { tot_bytes += ms.bytes; tot_us += us; }
+                if (n == 1) { tot_bytes += ms.bytes; tot_us += us; }
+            }
+            if (t != PG_BF16) {   // prefill: dequantized tiles + tensor cores, n = 512
+                float us = time_med(s, nc, [&](int i) {
+                    k_gemm_q(g, &ms.m[i % nc], xb, 512, y, qscr, (size_t)32 << 20, s);
+                });
+                double tf = 2.0 * sh.rows * (double)sh.cols * 512 / (us * 1e-6) / 1e12;
+                char name[96];
+                snprintf(name, sizeof name, "gemm_q %s %s n=512", tname, sh.name);
+                fprintf(f, "%-44s %10.1f %10.1f %6.0f TFLOP/s %6.1f%%\n", name, us, ms.bytes / 1e6, tf, 100 * tf / gemm_tf);
             }
             if (t == PG_BF16) {
                 // cuBLASLt at n=1 and the prefill GEMM at n=512
@@ -144,11 +168,30 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
             }
             free_mats(ms);
         }
+        char name[96];
+        snprintf(name, sizeof name, "gemv %s n=1, byte-weighted (one layer+head)", tname);
+        if (tot_us > 0)
+            fprintf(f, "%-44s %10.1f %10.1f %8.0f GB/s %6.1f%%\n", name, tot_us, tot_bytes / 1e6,
+                    tot_bytes / (tot_us * 1e-6) / 1e9, 100 * tot_bytes / (tot_us * 1e-6) / 1e9 / copy_bw);
     }
-    if (tot_us > 0)
-        fprintf(f, "%-44s %10.1f %10.1f %8.0f GB/s %6.1f%%\n", "gemv bf16 n=1, byte-weighted (one layer+head)",
-                tot_us, tot_bytes / 1e6, tot_bytes / (tot_us * 1e-6) / 1e9,
-                100 * tot_bytes / (tot_us * 1e-6) / 1e9 / copy_bw);
+    cudaFree(qscr);
+    {   // load-time quantizer: bf16 w13 -> int8 per channel / int4 g32 (bytes: bf16 read + result written)
+        int rows = 2 * hidden, cols = dim;
+        kc_bf16 *src = (kc_bf16 *)dalloc((size_t)rows * cols * 2);
+        k_fill_normal_bf16(src, (int64_t)rows * cols, 90, 0.f, 0.02f, s);
+        for (WType wt : { WType{ PG_QI8, cols }, WType{ PG_QI4, 32 } }) {
+            kc_matrix m = { wt.t, rows, cols, dalloc(kc_qm_q_bytes(wt.t, rows, cols, wt.group)),
+                            dalloc(kc_qm_s_bytes(wt.t, rows, cols, wt.group)), wt.group };
+            float us = time_med(s, 2, [&](int) { k_quantize(src, PG_BF16, rows, cols, &m, 0, s); });
+            double bytes = (double)rows * cols * 2 + kc_qm_bytes(wt.t, rows, cols, wt.group);
+            char name[96];
+            snprintf(name, sizeof name, "quantize bf16 -> %s %dx%d", wt.t == PG_QI8 ? "int8" : "int4-g32", rows, cols);
+            fprintf(f, "%-44s %10.1f %10.1f %8.0f GB/s %6.1f%%\n", name, us, bytes / 1e6, bytes / (us * 1e-6) / 1e9,
+                    100 * bytes / (us * 1e-6) / 1e9 / copy_bw);
+            cudaFree(m.q); cudaFree(m.s);
+        }
+        cudaFree(src);
+    }
 
     // ---- attention decode at several context lengths (one sequence)
     for (int ctx : { 512, 4096, 8192 }) {
@@ -175,6 +218,23 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
         snprintf(name, sizeof name, "attn decode ctx=%d (K+V %.1f MB)", ctx, bytes / 1e6);
         fprintf(f, "%-44s %10.1f %10.1f %8.0f GB/s %6.1f%%\n", name, us, bytes / 1e6,
                 bytes / (us * 1e-6) / 1e9, 100 * bytes / (us * 1e-6) / 1e9 / copy_bw);
+        {   // int8 cache: the first kvn bytes of each copy as int8 elements (any bytes are valid), f32 scales
+            std::vector<float *> sc(copies);
+            for (int c = 0; c < copies; c++) {
+                sc[c] = (float *)dalloc((size_t)2 * nkv * ctx * 4);
+                k_fill_normal_f32(sc[c], (int64_t)2 * nkv * ctx, 80 + c, 0.f, 0.02f, s);
+            }
+            float us8 = time_med(s, 2 * copies, [&](int i) {
+                const int c = i % copies;
+                k_attn_decode_int8(x, qkv, 1, dp, dp + 1, (const int8_t *)kc[c], (const int8_t *)vc[c], sc[c],
+                                   sc[c] + (size_t)nkv * ctx, sh, part, y, nh * hd, s);
+            });
+            double bytes8 = 2.0 * (kvn + (double)nkv * ctx * 4);
+            snprintf(name, sizeof name, "attn decode int8 ctx=%d (K+V %.1f MB)", ctx, bytes8 / 1e6);
+            fprintf(f, "%-44s %10.1f %10.1f %8.0f GB/s %6.1f%%\n", name, us8, bytes8 / 1e6,
+                    bytes8 / (us8 * 1e-6) / 1e9, 100 * bytes8 / (us8 * 1e-6) / 1e9 / copy_bw);
+            for (int c = 0; c < copies; c++) cudaFree(sc[c]);
+        }
         // prefill attention, 512 queries at the start of the sequence
         if (ctx >= 512) {
             int n = 512;
@@ -206,6 +266,12 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
         kc_bf16 *kc = (kc_bf16 *)dalloc((size_t)nkv * 16 * hd * 2), *vc = (kc_bf16 *)dalloc((size_t)nkv * 16 * hd * 2);
         us = time_med(s, 200, [&](int) { k_rope_kv_write(y, qkv, 1, dp, dp + 1, w, sh, kc, vc, s); });
         fprintf(f, "%-44s %10.2f\n", "rope_kv_write n=1", us);
+        float *ksc = (float *)dalloc((size_t)2 * nkv * 16 * 4);
+        us = time_med(s, 200, [&](int) {
+            k_rope_kv_write_int8(y, qkv, 1, dp, dp + 1, w, sh, (int8_t *)kc, (int8_t *)vc, ksc, ksc + nkv * 16, s);
+        });
+        fprintf(f, "%-44s %10.2f\n", "rope_kv_write int8 n=1", us);
+        cudaFree(ksc);
         // sampling over the vocabulary: greedy and temperature + top-p
         kc_sampler_params hp[2];
         memset(hp, 0, sizeof hp);

@@ -1,0 +1,264 @@
+/*
+ * kernels/cuda/quant.cu — weight-only quantization on the device (the
+ * formats of model/quant.h, device layout in kernels_cuda.h):
+ *   k_quantize        F32/F16/BF16/GGUF blocks -> QI8 / QI4, bit-identical to
+ *                     quant_matrix (model/quant.c), so the CPU and the GPU run
+ *                     the same quantized model;
+ *   k_quant_from_gguf GGUF Q8_0 -> QI8 g32, Q4_0/Q4_1 -> QI4 g32, exactly;
+ *   k_dequant_bf16    QI8/QI4 rows -> bf16 tiles for the prefill GEMM;
+ *   k_blocks_to_bf16  GGUF blocks -> bf16.
+ * Exactness: every step of the reference is an IEEE f32 operation, and the
+ * host build (-std=c11) does not contract a*b+c into an FMA; here the same
+ * operations are spelled with __fmul_rn/__fadd_rn/__fsub_rn/__fdiv_rn so that
+ * nvcc cannot contract them either. f32 -> f16 is round-to-nearest-even with
+ * subnormals and overflow to inf on both sides (pg_f32_to_f16 and
+ * __float2half_rn agree on every non-NaN input). min/max reductions are exact
+ * in any order.
+ */
+#include "kc_util.cuh"
+#include <string.h>
+
+// ---------------------------------------------------------------- sizes
+extern "C" size_t kc_qm_q_bytes(pg_dtype t, int64_t rows, int64_t cols, int group)
+{
+    (void)group;
+    if (t == PG_QI8) return (size_t)(rows * cols);
+    if (t == PG_QI4) return (size_t)(rows * cols / 2);
+    return kc_matrix_q_bytes(t, rows, cols);
+}
+extern "C" size_t kc_qm_s_bytes(pg_dtype t, int64_t rows, int64_t cols, int group)
+{
+    if (t == PG_QI8) return (size_t)(rows * (cols / group)) * 2;
+    if (t == PG_QI4) return (size_t)(rows * (cols / group)) * 4;
+    return kc_matrix_s_bytes(t, rows, cols);
+}
+extern "C" size_t kc_qm_bytes(pg_dtype t, int64_t rows, int64_t cols, int group)
+{
+    return kc_qm_q_bytes(t, rows, cols, group) + kc_qm_s_bytes(t, rows, cols, group);
+}
+
+extern "C" void kc_pack_qparams(pg_dtype t, const uint16_t *scale, const uint16_t *min, size_t n, void *out)
+{
+    if (t == PG_QI8) { memcpy(out, scale, n * 2); return; }
+    uint32_t *o = (uint32_t *)out;
+    for (size_t i = 0; i < n; i++) o[i] = (uint32_t)scale[i] | ((uint32_t)min[i] << 16);
+}
+
+// ---------------------------------------------------------------- source values
+// Element c of row r of a stored matrix, as f32, exactly as ref_dequant_row.
+__device__ __forceinline__ uint16_t ld_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+__device__ __forceinline__ float src_val(const uint8_t *src, int t, int64_t cols, int64_t r, int64_t c)
+{
+    switch (t) {
+    case PG_F32: return ((const float *)src)[r * cols + c];
+    case PG_F16: return kc_f16_f(((const uint16_t *)src)[r * cols + c]);
+    case PG_BF16: return kc_bf16_f(((const uint16_t *)src)[r * cols + c]);
+    case PG_Q8_0: {
+        const uint8_t *b = src + (r * (cols / 32) + c / 32) * 34;
+        return __fmul_rn(kc_f16_f(ld_u16(b)), (float)(int8_t)b[2 + c % 32]);
+    }
+    case PG_Q4_0: {
+        const uint8_t *b = src + (r * (cols / 32) + c / 32) * 18;
+        int j = (int)(c % 32);
+        int v = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+        return __fmul_rn(kc_f16_f(ld_u16(b)), (float)(v - 8));
+    }
+    default: {   // PG_Q4_1
+        const uint8_t *b = src + (r * (cols / 32) + c / 32) * 20;
+        int j = (int)(c % 32);
+        int v = j < 16 ? (b[4 + j] & 15) : (b[4 + j - 16] >> 4);
+        return __fadd_rn(__fmul_rn(kc_f16_f(ld_u16(b)), (float)v), kc_f16_f(ld_u16(b + 2)));
+    }
+    }
+}
+
+__device__ __forceinline__ uint16_t f_f16(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+// ---------------------------------------------------------------- QI8 quantizer
+// One block per (row, group); threads stride over the group's elements.
+#define QZ_THREADS 256
+__global__ void __launch_bounds__(QZ_THREADS)
+quant_i8_kernel(const uint8_t *__restrict__ src, int t, int64_t cols, int group, int8_t *__restrict__ q,
+                uint16_t *__restrict__ sc)
+{
+    __shared__ float sh[32];
+    const int64_t ng = cols / group, r = blockIdx.x / ng, g = blockIdx.x % ng;
+    const int64_t c0 = g * group;
+    float a = 0.f;
+    for (int i = threadIdx.x; i < group; i += blockDim.x) a = fmaxf(a, fabsf(src_val(src, t, cols, r, c0 + i)));
+    a = kc_block_max(a, sh);
+    const uint16_t s16 = f_f16(__fdiv_rn(a, 127.f));
+    const float sf = kc_f16_f(s16);
+    if (threadIdx.x == 0) sc[r * ng + g] = s16;
+    for (int i = threadIdx.x; i < group; i += blockDim.x) {
+        float v = sf > 0.f ? rintf(__fdiv_rn(src_val(src, t, cols, r, c0 + i), sf)) : 0.f;
+        q[r * cols + c0 + i] = (int8_t)fminf(fmaxf(v, -127.f), 127.f);
+    }
+}
+
+// ---------------------------------------------------------------- QI4 quantizer
+// One warp per group (32, 64 or 128 elements: 1, 2 or 4 per lane). Lane l
+// holds elements l, l + 32, ...; the even lane of each pair writes the byte.
+#define QZ4_WARPS 8
+__global__ void __launch_bounds__(QZ4_WARPS * 32)
+quant_i4_kernel(const uint8_t *__restrict__ src, int t, int64_t rows, int64_t cols, int group,
+                uint8_t *__restrict__ q, uint32_t *__restrict__ sm)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t gid = (int64_t)blockIdx.x * QZ4_WARPS + (threadIdx.x >> 5);
+    const int64_t ng = cols / group;
+    if (gid >= rows * ng) return;
+    const int64_t r = gid / ng, c0 = (gid % ng) * group;
+    const int per = group / 32;
+    float w[4];
+    float lo = INFINITY, hi = -INFINITY;
+    for (int k = 0; k < per; k++) {
+        w[k] = src_val(src, t, cols, r, c0 + lane + 32 * k);
+        lo = fminf(lo, w[k]); hi = fmaxf(hi, w[k]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    const uint16_t s16 = f_f16(__fdiv_rn(__fsub_rn(hi, lo), 15.f)), m16 = f_f16(lo);
+    const float sf = kc_f16_f(s16), mf = kc_f16_f(m16);
+    if (lane == 0) sm[gid] = (uint32_t)s16 | ((uint32_t)m16 << 16);
+    for (int k = 0; k < per; k++) {
+        float x = sf > 0.f ? rintf(__fdiv_rn(__fsub_rn(w[k], mf), sf)) : 0.f;
+        int v = (int)fminf(fmaxf(x, 0.f), 15.f);
+        int up = __shfl_down_sync(0xffffffffu, v, 1);
+        if ((lane & 1) == 0) q[r * (cols / 2) + (c0 + lane + 32 * k) / 2] = (uint8_t)(v | (up << 4));
+    }
+}
+
+extern "C" void k_quantize(const void *src, pg_dtype st, int64_t rows, int64_t cols, kc_matrix *dst,
+                           int64_t row0, cudaStream_t s)
+{
+    PG_ASSERT(dst->dtype == PG_QI8 || dst->dtype == PG_QI4);
+    PG_ASSERT(st == PG_F32 || st == PG_F16 || st == PG_BF16 || st == PG_Q8_0 || st == PG_Q4_0 || st == PG_Q4_1);
+    PG_ASSERT(cols == dst->cols && dst->group > 0 && cols % dst->group == 0 && row0 + rows <= dst->rows);
+    PG_ASSERT((st != PG_Q8_0 && st != PG_Q4_0 && st != PG_Q4_1) || cols % 32 == 0);
+    if (rows == 0) return;
+    const int64_t ng = cols / dst->group;
+    if (dst->dtype == PG_QI8) {
+        int8_t *q = (int8_t *)dst->q + row0 * cols;
+        uint16_t *sc = (uint16_t *)dst->s + row0 * ng;
+        PG_ASSERT(rows * ng < (1ll << 31));
+        quant_i8_kernel<<<(unsigned)(rows * ng), QZ_THREADS, 0, s>>>((const uint8_t *)src, st, cols, dst->group, q, sc);
+    } else {
+        PG_ASSERT(dst->group == 32 || dst->group == 64 || dst->group == 128);
+        uint8_t *q = (uint8_t *)dst->q + row0 * (cols / 2);
+        uint32_t *sm = (uint32_t *)dst->s + row0 * ng;
+        quant_i4_kernel<<<(unsigned)KC_CDIV(rows * ng, QZ4_WARPS), QZ4_WARPS * 32, 0, s>>>(
+            (const uint8_t *)src, st, rows, cols, dst->group, q, sm);
+    }
+    KC_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------- GGUF blocks
+// One thread per 32-element block (blocks are 34/18/20 bytes: not aligned).
+__global__ void from_gguf_kernel(const uint8_t *__restrict__ src, int t, int64_t nblk, uint8_t *__restrict__ q,
+                                 void *__restrict__ sp)
+{
+    int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (b >= nblk) return;
+    if (t == PG_Q8_0) {
+        const uint8_t *p = src + b * 34;
+        ((uint16_t *)sp)[b] = ld_u16(p);
+        uint32_t *o = (uint32_t *)(q + b * 32);
+        for (int j = 0; j < 8; j++)
+            o[j] = (uint32_t)p[2 + 4 * j] | ((uint32_t)p[3 + 4 * j] << 8) | ((uint32_t)p[4 + 4 * j] << 16) |
+                   ((uint32_t)p[5 + 4 * j] << 24);
+        return;
+    }
+    const uint8_t *p = src + b * (t == PG_Q4_1 ? 20 : 18);
+    uint16_t d = ld_u16(p), m;
+    const uint8_t *qs = p + (t == PG_Q4_1 ? 4 : 2);
+    if (t == PG_Q4_1) m = ld_u16(p + 2);
+    else m = f_f16(-8.f * kc_f16_f(d));   // exact: a power-of-two multiple
+    ((uint32_t *)sp)[b] = (uint32_t)d | ((uint32_t)m << 16);
+    // GGUF: element j is qs[j] & 15, element j + 16 is qs[j] >> 4; ours: element
+    // c in byte c/2, low nibble for even c.
+    uint32_t *o = (uint32_t *)(q + b * 16);
+    for (int w = 0; w < 4; w++) {
+        uint32_t v = 0;
+        for (int k = 0; k < 4; k++) {
+            int e0 = 8 * w + 2 * k, e1 = e0 + 1;
+            int n0 = e0 < 16 ? (qs[e0] & 15) : (qs[e0 - 16] >> 4);
+            int n1 = e1 < 16 ? (qs[e1] & 15) : (qs[e1 - 16] >> 4);
+            v |= (uint32_t)(n0 | (n1 << 4)) << (8 * k);
+        }
+        o[w] = v;
+    }
+}
+
+extern "C" void k_quant_from_gguf(const void *src, pg_dtype st, int64_t rows, int64_t cols, kc_matrix *dst,
+                                  int64_t row0, cudaStream_t s)
+{
+    PG_ASSERT(st == PG_Q8_0 || st == PG_Q4_0 || st == PG_Q4_1);
+    PG_ASSERT(dst->dtype == (st == PG_Q8_0 ? PG_QI8 : PG_QI4) && dst->group == 32);
+    PG_ASSERT(cols == dst->cols && cols % 32 == 0 && row0 + rows <= dst->rows);
+    int64_t nblk = rows * cols / 32;
+    if (nblk == 0) return;
+    uint8_t *q = (uint8_t *)dst->q + kc_qm_q_bytes(dst->dtype, row0, cols, 32);
+    uint8_t *sp = (uint8_t *)dst->s + kc_qm_s_bytes(dst->dtype, row0, cols, 32);
+    from_gguf_kernel<<<(unsigned)KC_CDIV(nblk, 256), 256, 0, s>>>((const uint8_t *)src, st, nblk, q, sp);
+    KC_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------- dequantization
+// One thread per 8 consecutive elements; blockIdx.y = row (cols % 16 == 0).
+__global__ void dequant_bf16_kernel(kc_matrix w, int64_t r0, uint4 *__restrict__ dst)
+{
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c >= w.cols) return;
+    const int64_t cols = w.cols, ng = cols / w.group, r = r0 + blockIdx.y;
+    const int64_t i = ((int64_t)blockIdx.y * cols + c) / 8;
+    uint32_t o[4];
+    if (w.dtype == PG_QI8) {
+        const float s = kc_f16_f(((const uint16_t *)w.s)[r * ng + c / w.group]);
+        uint2 v = *(const uint2 *)((const int8_t *)w.q + r * cols + c);
+        for (int k = 0; k < 4; k++) {
+            uint32_t u = k < 2 ? v.x : v.y;
+            int sh = 16 * (k & 1);
+            float a = s * (float)(int8_t)(u >> sh), b = s * (float)(int8_t)(u >> (sh + 8));
+            o[k] = (uint32_t)kc_f_bf16(a) | ((uint32_t)kc_f_bf16(b) << 16);
+        }
+    } else {
+        const uint32_t smv = ((const uint32_t *)w.s)[r * ng + c / w.group];
+        const float s = kc_f16_f(smv & 0xffff), m = kc_f16_f(smv >> 16);
+        uint32_t v = *(const uint32_t *)((const uint8_t *)w.q + r * (cols / 2) + c / 2);
+        for (int k = 0; k < 4; k++) {
+            // s*q is exact in f32, so fmaf equals the reference's rounded product plus m
+            float a = fmaf(s, (float)((v >> (8 * k)) & 15), m), b = fmaf(s, (float)((v >> (8 * k + 4)) & 15), m);
+            o[k] = (uint32_t)kc_f_bf16(a) | ((uint32_t)kc_f_bf16(b) << 16);
+        }
+    }
+    dst[i] = make_uint4(o[0], o[1], o[2], o[3]);
+}
+
+extern "C" void k_dequant_bf16(const kc_matrix *w, int64_t r0, int64_t nrows, kc_bf16 *dst, cudaStream_t s)
+{
+    PG_ASSERT((w->dtype == PG_QI8 || w->dtype == PG_QI4) && w->cols % 16 == 0 && r0 + nrows <= w->rows);
+    if (nrows == 0) return;
+    PG_ASSERT(nrows < 65536);
+    dequant_bf16_kernel<<<dim3((unsigned)KC_CDIV(w->cols / 8, 256), (unsigned)nrows), 256, 0, s>>>(*w, r0, (uint4 *)dst);
+    KC_LAUNCH_CHECK();
+}
+
+__global__ void blocks_to_bf16_kernel(const uint8_t *__restrict__ src, int t, int64_t n, uint16_t *__restrict__ dst)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = kc_f_bf16(src_val(src, t, 32, i / 32, i % 32));
+}
+
+extern "C" void k_blocks_to_bf16(const void *src, pg_dtype st, int64_t n, kc_bf16 *dst, cudaStream_t s)
+{
+    PG_ASSERT((st == PG_Q8_0 || st == PG_Q4_0 || st == PG_Q4_1) && n % 32 == 0);
+    int64_t g = KC_CDIV(n, 256);
+    blocks_to_bf16_kernel<<<(unsigned)(g > 65536 ? 65536 : (g < 1 ? 1 : g)), 256, 0, s>>>(
+        (const uint8_t *)src, st, n, dst);
+    KC_LAUNCH_CHECK();
+}
