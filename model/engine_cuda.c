@@ -380,6 +380,14 @@ static int same_dev(const tensor *a, const tensor *b)
 
 static void cu_destroy(engine *e);
 
+/* a - b in GiB, or 0 when the device's use fell below the baseline b (memory
+ * another engine of the same process released meanwhile): these are
+ * process-wide readings, and a size_t difference must not wrap. */
+static double gib_above(size_t a, size_t b)
+{
+    return a > b ? (double)(a - b) / 1073741824.0 : 0.0;
+}
+
 static int cu_init(engine *e, pg_err *err)
 {
     const model *m = e->m;
@@ -534,8 +542,8 @@ static int cu_init(engine *e, pg_err *err)
         KC_CHECK(cudaMemGetInfo(&fr1, &tot1));
         size_t used = tot1 - fr1, peak = s->dev_peak > used ? s->dev_peak : used;
         LOG_INFO("cuda: device memory of the engine: %.2f GiB after init, %.2f GiB peak during load "
-                 "(weights %.2f GiB as %s, KV cache %.2f GiB)", (used - s->dev_used0) / 1073741824.0,
-                 (peak - s->dev_used0) / 1073741824.0, s->wbytes / 1073741824.0, engine_quant_name(s->quant),
+                 "(weights %.2f GiB as %s, KV cache %.2f GiB)", gib_above(used, s->dev_used0),
+                 gib_above(peak, s->dev_used0), s->wbytes / 1073741824.0, engine_quant_name(s->quant),
                  kv_bytes / 1073741824.0);
     }
     e->step_weight_bytes = s->wbytes - (lm_shares_emb(s, m) ? 0 :
