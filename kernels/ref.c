@@ -230,6 +230,19 @@ void ref_silu_mul(float *out, const float *gate, const float *up, int64_t n) {
 }
 
 /* ---------------------------------------------------------------- matmul */
+
+/* y[t][r] = row . x[t] for the n tokens of x ([n][cols]), in column order
+ * with one f32 accumulator: the reference's summation order. */
+static void row_times_tokens(float *y, const float *x, int n, const float *row, int64_t r, int64_t rows,
+                             int64_t cols) {
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * cols;
+        float s = 0.0f;
+        for (int64_t c = 0; c < cols; c++) s += xt[c] * row[c];
+        y[(size_t)t * rows + r] = s;
+    }
+}
+
 void ref_matmul(float *y, const float *x, int n, const void *w, pg_dtype wt,
                 int64_t rows, int64_t cols) {
     size_t rb = pg_dtype_row_bytes(wt, cols);
@@ -237,12 +250,7 @@ void ref_matmul(float *y, const float *x, int n, const void *w, pg_dtype wt,
     float *row = pg_xmalloc((size_t)cols * sizeof(float));
     for (int64_t r = 0; r < rows; r++) {
         ref_dequant_row(wt, (const uint8_t *)w + (size_t)r * rb, row, cols);
-        for (int t = 0; t < n; t++) {
-            const float *xt = x + (size_t)t * cols;
-            float s = 0.0f;
-            for (int64_t c = 0; c < cols; c++) s += xt[c] * row[c];
-            y[(size_t)t * rows + r] = s;
-        }
+        row_times_tokens(y, x, n, row, r, rows, cols);
     }
     free(row);
 }
@@ -271,12 +279,7 @@ void ref_matmul_q(float *y, const float *x, int n, const qmatrix *w) {
     float *row = pg_xmalloc((size_t)cols * sizeof(float));
     for (int64_t r = 0; r < rows; r++) {
         ref_qdequant_row(w, r, row);
-        for (int t = 0; t < n; t++) {
-            const float *xt = x + (size_t)t * cols;
-            float s = 0.0f;
-            for (int64_t c = 0; c < cols; c++) s += xt[c] * row[c];
-            y[(size_t)t * rows + r] = s;
-        }
+        row_times_tokens(y, x, n, row, r, rows, cols);
     }
     free(row);
 }

@@ -20,38 +20,18 @@
 #include "model/engine.h"
 #include "model/model.h"
 #include "tests/test_util.h"
+#include "tests/engine_test_util.h"
 
 #define FIX "tests/fixtures/hf/"
 
 /* ---------------------------------------------------------------- helpers */
-static model *load_model(const char *path) {
-    model_load_opts o = {.path = path};
-    model *m = NULL;
-    pg_err err = {0};
-    int rc = model_load(&o, &m, &err);
-    cr_assert_eq(rc, PG_OK, "model_load %s: %s", path, err.msg);
-    return m;
-}
-
 static engine *make_engine(const model *m, int slots, int max_seq) {
     engine_opts o;
     engine_opts_default(&o);
     o.max_slots = slots;
     o.max_seq_len = max_seq;
     o.n_threads = 2;
-    engine *e = NULL;
-    pg_err err = {0};
-    int rc = engine_create(m, &o, &e, &err);
-    cr_assert_eq(rc, PG_OK, "engine_create: %s", err.msg);
-    return e;
-}
-
-static void reset_greedy(engine *e, int slot) {
-    sampler_params p;
-    sampler_params_default(&p);
-    p.temperature = 0.0f;
-    pg_err err = {0};
-    cr_assert_eq(engine_slot_reset(e, slot, &p, &err), PG_OK, "%s", err.msg);
+    return te_create(m, &o, 0);
 }
 
 static cJSON *read_json(const char *path) {
@@ -106,7 +86,7 @@ static int greedy_check(engine *e, const int32_t *prompt, int np, const int32_t 
     engine_info(e, &info);
     vocab = info.vocab_size;
     float *lg = pg_xmalloc((size_t)vocab * sizeof(float));
-    reset_greedy(e, 0);
+    te_reset_greedy(e, 0);
     int32_t tok;
     step1(e, 0, prompt, np, 0, &tok);
     int ok = 0;
@@ -131,7 +111,7 @@ static int greedy_check(engine *e, const int32_t *prompt, int np, const int32_t 
 static void check_hf_fixture(const char *name) {
     char dir[256], path[320];
     snprintf(dir, sizeof dir, FIX "%s", name);
-    model *m = load_model(dir);
+    model *m = te_load(dir);
     snprintf(path, sizeof path, "%s/reference.json", dir);
     cJSON *ref = read_json(path);
     snprintf(path, sizeof path, "%s/logits.bin", dir);
@@ -154,7 +134,7 @@ static void check_hf_fixture(const char *name) {
         int ng = json_ids(cJSON_GetArrayItem(gens, p), want, 64);
         cr_assert((off + (size_t)np * vocab) * 4 <= blob_len);
         /* logits at every prompt position */
-        reset_greedy(e, 0);
+        te_reset_greedy(e, 0);
         engine_keep_all_logits(e, 1);
         int32_t tok;
         step1(e, 0, ids, np, 0, &tok);
@@ -190,19 +170,19 @@ static const int32_t PROMPT_B[] = {1, 60, 60, 60, 61, 62, 60, 61, 62, 9, 180, 4,
 
 /* Prefill in chunks of 1..5 tokens == the whole prompt at once, at every position. */
 Test(engine, chunked_prefill_equals_token_by_token) {
-    model *m = load_model(FIX "gqa-bf16-tied");
+    model *m = te_load(FIX "gqa-bf16-tied");
     int vocab = m->cfg.vocab_size, np = (int)(sizeof PROMPT_A / sizeof *PROMPT_A);
     engine *e = make_engine(m, 1, 64);
     float *all = pg_xmalloc((size_t)np * vocab * sizeof(float)), *lg = pg_xmalloc((size_t)vocab * 4);
     pg_err err = {0};
     int32_t tok;
-    reset_greedy(e, 0);
+    te_reset_greedy(e, 0);
     engine_keep_all_logits(e, 1);
     step1(e, 0, PROMPT_A, np, 0, &tok);
     engine_keep_all_logits(e, 0);
     for (int j = 0; j < np; j++) engine_get_logits_at(e, j, all + (size_t)j * vocab, &err);
     for (int chunk = 1; chunk <= 5; chunk++) {
-        reset_greedy(e, 0);
+        te_reset_greedy(e, 0);
         for (int pos = 0; pos < np; pos += chunk) {
             int n = np - pos < chunk ? np - pos : chunk;
             step1(e, 0, PROMPT_A + pos, n, pos, &tok);
@@ -220,7 +200,7 @@ Test(engine, chunked_prefill_equals_token_by_token) {
 /* Greedy tokens of a slot run alone == the same slot run beside another one,
  * batched in the same steps (prefill rows together, then decode rows). */
 Test(engine, two_slots_do_not_interfere) {
-    model *m = load_model(FIX "llama3-f16");
+    model *m = te_load(FIX "llama3-f16");
     const int n_new = 20;
     int na = (int)(sizeof PROMPT_A / sizeof *PROMPT_A), nb = (int)(sizeof PROMPT_B / sizeof *PROMPT_B);
     int32_t alone[2][20];
@@ -228,7 +208,7 @@ Test(engine, two_slots_do_not_interfere) {
     for (int s = 0; s < 2; s++) {
         const int32_t *p = s ? PROMPT_B : PROMPT_A;
         int np = s ? nb : na;
-        reset_greedy(e1, 0);
+        te_reset_greedy(e1, 0);
         int32_t tok;
         step1(e1, 0, p, np, 0, &tok);
         for (int t = 0; t < n_new; t++) {
@@ -239,10 +219,10 @@ Test(engine, two_slots_do_not_interfere) {
     engine_free(e1);
 
     engine *e = make_engine(m, 3, 64);
-    reset_greedy(e, 0);
-    reset_greedy(e, 2);
+    te_reset_greedy(e, 0);
+    te_reset_greedy(e, 2);
     /* slot 1 holds an unrelated sequence that must not leak into the others */
-    reset_greedy(e, 1);
+    te_reset_greedy(e, 1);
     int32_t junk[30];
     for (int i = 0; i < 30; i++) junk[i] = (int32_t)(i * 7 % 256);
     pg_err err = {0};
@@ -272,7 +252,7 @@ Test(engine, two_slots_do_not_interfere) {
 }
 
 Test(engine, rejects_bad_rows) {
-    model *m = load_model(FIX "mha-f32");
+    model *m = te_load(FIX "mha-f32");
     engine *e = make_engine(m, 2, 16);
     engine_result res[2];
     pg_err err = {0};
@@ -332,7 +312,7 @@ Test(engine, rejects_bad_rows) {
 
 /* Same seed => same sampled tokens; logprobs come back sorted and normalised. */
 Test(engine, seeded_sampling_and_logprobs) {
-    model *m = load_model(FIX "mha-f32");
+    model *m = te_load(FIX "mha-f32");
     engine *e = make_engine(m, 1, 64);
     sampler_params p;
     sampler_params_default(&p);
@@ -366,7 +346,7 @@ Test(engine_smollm2, greedy_matches_hf, .timeout = 600) {
     char path[1024];
     pg_err err = {0};
     if (model_default_path(path, sizeof path, &err) != PG_OK) cr_skip("%s", err.msg);
-    model *m = load_model(path);
+    model *m = te_load(path);
     cr_assert_eq(m->cfg.rope_interleaved, 1);
     cJSON *g = read_json("tests/fixtures/golden/smollm2-greedy.json");
     engine *e = make_engine(m, 1, 256);
@@ -397,7 +377,7 @@ Test(engine_smollm2, decode_speed, .timeout = 600) {
     char path[1024];
     pg_err err = {0};
     if (model_default_path(path, sizeof path, &err) != PG_OK) cr_skip("%s", err.msg);
-    model *m = load_model(path);
+    model *m = te_load(path);
     const char *nt = getenv("PEREGRINE_THREADS");
     engine_opts o;
     engine_opts_default(&o);
@@ -407,7 +387,7 @@ Test(engine_smollm2, decode_speed, .timeout = 600) {
     cr_assert_eq(engine_create(m, &o, &e, &err), PG_OK, "%s", err.msg);
     const int32_t prompt[5] = {504, 3575, 282, 4649, 314};  /* "The capital of France is" */
     for (int rep = 0; rep < 3; rep++) {
-        reset_greedy(e, 0);
+        te_reset_greedy(e, 0);
         int32_t tok;
         double t0 = pg_now();
         step1(e, 0, prompt, 5, 0, &tok);
@@ -425,7 +405,7 @@ Test(engine_smollm2, decode_speed, .timeout = 600) {
     int32_t *ids = pg_xmalloc(128 * sizeof *ids);
     for (int i = 0; i < 128; i++) ids[i] = (int32_t)((i * 7919 + 13) % m->cfg.vocab_size);
     for (int rep = 0; rep < 2; rep++) {
-        reset_greedy(e, 0);
+        te_reset_greedy(e, 0);
         int32_t tok;
         double t0 = pg_now();
         step1(e, 0, ids, 128, 0, &tok);

@@ -28,22 +28,10 @@
 
 #include "../model/engine.h"
 #include "tests/test_util.h"
+#include "tests/engine_test_util.h"
 
 #if defined(PG_CUDA)
 #include <cuda_runtime_api.h>
-
-static model *load_random(const char *preset)
-{
-    model_load_opts lo = { 0 };
-    lo.random_preset = preset;
-    lo.seed = 77;
-    lo.random_dtype = PG_BF16;
-    model *m = NULL;
-    pg_err err = { 0 };
-    int rc = model_load(&lo, &m, &err);
-    cr_assert_eq(rc, PG_OK, "load %s: %s", preset, err.msg);
-    return m;
-}
 
 static engine *make_engine(const model *m, engine_device dev, int slots, int graphs, int max_seq)
 {
@@ -55,34 +43,13 @@ static engine *make_engine(const model *m, engine_device dev, int slots, int gra
     o.use_graphs = graphs;
     o.n_threads = 4;
     if (dev == ENGINE_DEVICE_CUDA) o.kv = KV_BF16;
-    engine *e = NULL;
-    pg_err err = { 0 };
-    int rc = engine_create(m, &o, &e, &err);
-    cr_assert_eq(rc, PG_OK, "engine_create: %s", err.msg);
-    sampler_params sp;
-    sampler_params_default(&sp);
-    sp.temperature = 0.f;   /* greedy: the default is the OpenAI temperature 1 */
-    for (int s = 0; s < slots; s++) cr_assert_eq(engine_slot_reset(e, s, &sp, &err), PG_OK, "%s", err.msg);
-    return e;
-}
-
-static void step(engine *e, engine_row *rows, int n, engine_result *res)
-{
-    pg_err err = { 0 };
-    int rc = engine_step(e, rows, n, res, &err);
-    cr_assert_eq(rc, PG_OK, "engine_step: %s", err.msg);
-}
-
-static void logits_of(engine *e, int row, float *out)
-{
-    pg_err err = { 0 };
-    cr_assert_eq(engine_get_logits(e, row, out, &err), PG_OK, "%s", err.msg);
+    return te_create(m, &o, 1);
 }
 
 /* ---------------------------------------------------------------- cpu vs cuda */
 static void cpu_vs_cuda(const char *preset)
 {
-    model *m = load_random(preset);
+    model *m = te_load_random(preset);
     int V = m->cfg.vocab_size, n_prompt = 37, n_dec = 12;
     engine *ec = make_engine(m, ENGINE_DEVICE_CPU, 1, 1, 128);
     engine *eg = make_engine(m, ENGINE_DEVICE_CUDA, 1, 1, 128);
@@ -93,19 +60,19 @@ static void cpu_vs_cuda(const char *preset)
     float *lc = pg_xmalloc((size_t)V * 4), *lg = pg_xmalloc((size_t)V * 4);
     engine_result rc[1], rg[1];
     engine_row row = { 0, toks, n_prompt, 0, 1, 1 };
-    step(ec, &row, 1, rc);
-    step(eg, &row, 1, rg);
-    logits_of(ec, 0, lc);
-    logits_of(eg, 0, lg);
+    te_step(ec, &row, 1, rc);
+    te_step(eg, &row, 1, rg);
+    te_logits(ec, 0, lc);
+    te_logits(eg, 0, lg);
     double e0 = rel_err(lg, lc, (size_t)V), worst = e0;
     cr_log_info("%s prefill %d tokens: logits rel err %.3g", preset, n_prompt, e0);
     /* teacher-forced decode: both engines see the same tokens */
     for (int i = 0; i < n_dec; i++) {
         engine_row d = { 0, &toks[n_prompt + i], 1, n_prompt + i, 1, 0 };
-        step(ec, &d, 1, rc);
-        step(eg, &d, 1, rg);
-        logits_of(ec, 0, lc);
-        logits_of(eg, 0, lg);
+        te_step(ec, &d, 1, rc);
+        te_step(eg, &d, 1, rg);
+        te_logits(ec, 0, lc);
+        te_logits(eg, 0, lg);
         double e = rel_err(lg, lc, (size_t)V);
         if (e > worst) worst = e;
     }
@@ -121,7 +88,7 @@ Test(engine_cuda, cpu_vs_cuda_tiny_llama3) { NEED_GPU(); cpu_vs_cuda("tiny-llama
 Test(engine_cuda, keep_all_logits_matches_cpu)
 {
     NEED_GPU();
-    model *m = load_random("tiny-llama3");
+    model *m = te_load_random("tiny-llama3");
     int V = m->cfg.vocab_size, n = 40;
     engine *ec = make_engine(m, ENGINE_DEVICE_CPU, 1, 1, 128);
     engine *eg = make_engine(m, ENGINE_DEVICE_CUDA, 1, 1, 128);
@@ -130,8 +97,8 @@ Test(engine_cuda, keep_all_logits_matches_cpu)
     engine_keep_all_logits(ec, 1);
     engine_keep_all_logits(eg, 1);
     engine_row row = { 0, toks, n, 0, 0, 1 };
-    step(ec, &row, 1, NULL);
-    step(eg, &row, 1, NULL);
+    te_step(ec, &row, 1, NULL);
+    te_step(eg, &row, 1, NULL);
     float *lc = pg_xmalloc((size_t)V * 4), *lg = pg_xmalloc((size_t)V * 4);
     pg_err err;
     double worst = 0;
@@ -150,35 +117,11 @@ Test(engine_cuda, keep_all_logits_matches_cpu)
 Test(engine_cuda, graph_equals_eager)
 {
     NEED_GPU();
-    model *m = load_random("tiny-llama3");
+    model *m = te_load_random("tiny-llama3");
     int V = m->cfg.vocab_size;
     engine *ea = make_engine(m, ENGINE_DEVICE_CUDA, 2, 1, 256);
     engine *eb = make_engine(m, ENGINE_DEVICE_CUDA, 2, 0, 256);
-    int32_t p0[9] = { 1, 5, 9, 200, 17, 3, 3, 99, 400 }, p1[4] = { 1, 42, 43, 44 };
-    engine_row rows[2] = { { 0, p0, 9, 0, 1, 1 }, { 1, p1, 4, 0, 1, 1 } };
-    engine_result ra[2], rb[2];
-    step(ea, rows, 2, ra);
-    step(eb, rows, 2, rb);
-    int32_t ta[2] = { ra[0].token, ra[1].token }, tb[2] = { rb[0].token, rb[1].token };
-    int pos[2] = { 9, 4 };
-    float *la = pg_xmalloc((size_t)V * 4), *lb = pg_xmalloc((size_t)V * 4);
-    for (int i = 0; i < 24; i++) {
-        cr_assert_eq(ta[0], tb[0], "step %d row 0: graph %d eager %d", i, ta[0], tb[0]);
-        cr_assert_eq(ta[1], tb[1], "step %d row 1: graph %d eager %d", i, ta[1], tb[1]);
-        int B = i < 12 ? 2 : 1;   /* batch 2 then batch 1: two graphs */
-        engine_row da[2] = { { 0, &ta[0], 1, pos[0], 1, 0 }, { 1, &ta[1], 1, pos[1], 1, 0 } };
-        engine_row db[2] = { { 0, &tb[0], 1, pos[0], 1, 0 }, { 1, &tb[1], 1, pos[1], 1, 0 } };
-        step(ea, da, B, ra);
-        step(eb, db, B, rb);
-        for (int b = 0; b < B; b++) {
-            logits_of(ea, b, la);
-            logits_of(eb, b, lb);
-            cr_assert(memcmp(la, lb, (size_t)V * 4) == 0, "step %d row %d: graph and eager logits differ", i, b);
-            ta[b] = ra[b].token; tb[b] = rb[b].token;
-            pos[b]++;
-        }
-    }
-    free(la); free(lb);
+    te_graph_equals_eager(ea, eb, V, 24, "bf16");
     engine_free(ea); engine_free(eb); model_free(m);
 }
 
@@ -225,7 +168,7 @@ static double hf_check(const model *m, engine_device dev, const int32_t *ids, in
     engine *e = make_engine(m, dev, 1, 1, 256);
     engine_keep_all_logits(e, 1);
     engine_row row = { 0, ids, n, 0, 0, 1 };
-    step(e, &row, 1, NULL);
+    te_step(e, &row, 1, NULL);
     float *l = pg_xmalloc((size_t)n * V * 4);
     pg_err err;
     for (int j = 0; j < n; j++)
@@ -300,26 +243,21 @@ static void greedy(engine *e, const int32_t *ids, int n, int n_new, int32_t *out
 {
     engine_result r[1];
     engine_row row = { 0, ids, n, 0, 1, 1 };
-    step(e, &row, 1, r);
+    te_step(e, &row, 1, r);
     for (int i = 0; i < n_new; i++) {
         out[i] = r[0].token;
         if (i + 1 == n_new) break;
         engine_row d = { 0, &out[i], 1, n + i, 1, 0 };
-        step(e, &d, 1, r);
+        te_step(e, &d, 1, r);
     }
 }
 
 Test(engine_cuda, gguf_greedy_matches_cpu, .timeout = 600)
 {
     NEED_GPU();
-    const char *path = getenv("PEREGRINE_GPU_GGUF");
     char def[1024];
+    const char *path = te_gpu_gguf(def, sizeof def);
     pg_err err = { 0 };
-    if (!path) {
-        if (model_default_path(def, sizeof def, &err) != PG_OK || access(def, R_OK) != 0)
-            cr_skip("no default model (make model) and PEREGRINE_GPU_GGUF not set");
-        path = def;
-    }
     model_load_opts lo = { 0 };
     lo.path = path;
     model *m = NULL;
@@ -357,23 +295,23 @@ Test(engine_cuda, gguf_greedy_matches_cpu, .timeout = 600)
             engine_result r[1];
             cr_assert_eq(engine_slot_reset(ec, 0, &greedy_p, &err), PG_OK);
             engine_row row = { 0, ids, n, 0, 1, 1 };
-            step(ec, &row, 1, r);
+            te_step(ec, &row, 1, r);
             for (int i = 0; i < first; i++) {
                 engine_row d = { 0, &tc[i], 1, n + i, 1, 0 };
-                step(ec, &d, 1, r);
+                te_step(ec, &d, 1, r);
             }
-            logits_of(ec, 0, lc);
+            te_logits(ec, 0, lc);
             float a = lc[tc[first]], b = lc[tg[first]];
             /* the CUDA engine fed the CPU's tokens: how far apart are the logits there? */
             float *lg = pg_xmalloc((size_t)V * 4);
             cr_assert_eq(engine_slot_reset(eg, 0, &greedy_p, &err), PG_OK);
             engine_row rg = { 0, ids, n, 0, 1, 1 };
-            step(eg, &rg, 1, r);
+            te_step(eg, &rg, 1, r);
             for (int i = 0; i < first; i++) {
                 engine_row d = { 0, &tc[i], 1, n + i, 1, 0 };
-                step(eg, &d, 1, r);
+                te_step(eg, &d, 1, r);
             }
-            logits_of(eg, 0, lg);
+            te_logits(eg, 0, lg);
             printf("diverges at token %d: cpu %d (logit %.5f) vs cuda %d (cpu logit %.5f), gap %.5f; "
                    "logits rel err there %.3g\n", first, tc[first], a, tg[first], b, a - b, rel_err(lg, lc, (size_t)V));
             free(lg);

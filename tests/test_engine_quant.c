@@ -20,17 +20,10 @@
 #include "model/engine.h"
 #include "model/model.h"
 #include "tests/test_util.h"
+#include "tests/engine_test_util.h"
 #include "model/quant.h"
 
 #define FIX "tests/fixtures/hf/"
-
-static model *load_model(const char *path) {
-    model_load_opts o = {.path = path};
-    model *m = NULL;
-    pg_err err = {0};
-    cr_assert_eq(model_load(&o, &m, &err), PG_OK, "model_load %s: %s", path, err.msg);
-    return m;
-}
 
 static int have_default(void) {
     char p[1024];
@@ -46,10 +39,7 @@ static engine *make_engine(const model *m, weight_quant q, int group, int lm_hea
     o.quant = q;
     o.group_size = group;
     o.quant_lm_head = lm_head;
-    engine *e = NULL;
-    pg_err err = {0};
-    cr_assert_eq(engine_create(m, &o, &e, &err), PG_OK, "engine_create: %s", err.msg);
-    return e;
+    return te_create(m, &o, 0);
 }
 
 static const int32_t PROMPT[] = {1, 90, 91, 92, 93, 12, 250, 7, 7, 130, 64, 33, 201, 5, 88, 19};
@@ -57,20 +47,7 @@ static const int32_t PROMPT[] = {1, 90, 91, 92, 93, 12, 250, 7, 7, 130, 64, 33, 
 
 /* Logits at every prompt position: [NP][vocab], caller frees. */
 static float *prompt_logits(engine *e, int vocab) {
-    sampler_params p;
-    sampler_params_default(&p);
-    p.temperature = 0.0f;
-    pg_err err = {0};
-    cr_assert_eq(engine_slot_reset(e, 0, &p, &err), PG_OK, "%s", err.msg);
-    engine_keep_all_logits(e, 1);
-    engine_row row = {.slot = 0, .tokens = PROMPT, .n_tokens = NP, .pos = 0, .sample = 1, .count_prompt = 1};
-    engine_result res;
-    cr_assert_eq(engine_step(e, &row, 1, &res, &err), PG_OK, "%s", err.msg);
-    engine_keep_all_logits(e, 0);
-    float *lg = pg_xmalloc(sizeof(float) * NP * vocab);
-    for (int j = 0; j < NP; j++)
-        cr_assert_eq(engine_get_logits_at(e, j, lg + (size_t)j * vocab, &err), PG_OK, "%s", err.msg);
-    return lg;
+    return te_prompt_logits(e, PROMPT, NP, vocab);
 }
 
 static double worst_err(const float *a, const float *b, int vocab) {
@@ -110,7 +87,7 @@ typedef struct {
 } qcase;
 
 static void check_model(const char *path, const qcase *cs, int n_cases) {
-    model *m = load_model(path);
+    model *m = te_load(path);
     int vocab = m->cfg.vocab_size;
     engine *e0 = make_engine(m, WQUANT_NONE, 32, 1);
     float *ref = prompt_logits(e0, vocab);
@@ -230,7 +207,7 @@ static void free_f32_copy(model *f, void **blocks, int n_blocks) {
  * the whole-model fp32 threshold 1e-4 (DESIGN.md): the quantized kernels and
  * the weight plumbing (which tensor, scale, group, nibble) are right. */
 static void check_same_weights(const char *path, pg_dtype to, weight_quant q, int group, int lm_head) {
-    model *m = load_model(path);
+    model *m = te_load(path);
     int vocab = m->cfg.vocab_size;
     quant_weights qw;
     pg_err err = {0};
@@ -262,7 +239,7 @@ Test(engine_quant, group_fallback) {
     cr_assert_eq(quant_group_for(PG_QI4, 128, 160), 32);
     cr_assert_eq(quant_group_for(PG_QI8, 128, 576), 0);   /* int8 per channel: the engine passes cols */
     cr_assert_eq(quant_group_for(PG_QI8, 576, 576), 576);
-    model *m = load_model(FIX "gqa-bf16-tied");   /* dim 64, ffn 128 */
+    model *m = te_load(FIX "gqa-bf16-tied");   /* dim 64, ffn 128 */
     quant_weights qw;
     pg_err err = {0};
     cr_assert_eq(quant_weights_make(m, PG_QI4, 128, 1, NULL, &qw, &err), PG_OK, "%s", err.msg);

@@ -33,6 +33,7 @@
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "tests/test_util.h"
+#include "tests/engine_test_util.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -203,14 +204,6 @@ Test(kv_kernels, int8_quantizer_bounds) {
 }
 
 /* ---------------------------------------------------------------- CPU engine */
-static model *load_model(const char *path) {
-    model_load_opts o = {.path = path};
-    model *m = NULL;
-    pg_err err = {0};
-    cr_assert_eq(model_load(&o, &m, &err), PG_OK, "model_load %s: %s", path, err.msg);
-    return m;
-}
-
 static engine *make_engine(const model *m, kv_dtype kv, int max_seq) {
     engine_opts o;
     engine_opts_default(&o);
@@ -218,18 +211,7 @@ static engine *make_engine(const model *m, kv_dtype kv, int max_seq) {
     o.max_seq_len = max_seq;
     o.n_threads = 2;
     o.kv = kv;
-    engine *e = NULL;
-    pg_err err = {0};
-    cr_assert_eq(engine_create(m, &o, &e, &err), PG_OK, "engine_create (kv %s): %s", engine_kv_name(kv), err.msg);
-    return e;
-}
-
-static void reset_greedy(engine *e) {
-    sampler_params p;
-    sampler_params_default(&p);
-    p.temperature = 0.0f;
-    pg_err err = {0};
-    cr_assert_eq(engine_slot_reset(e, 0, &p, &err), PG_OK, "%s", err.msg);
+    return te_create(m, &o, 0);
 }
 
 static int32_t step(engine *e, const int32_t *ids, int n, int pos) {
@@ -244,7 +226,7 @@ static const kv_dtype KV_ALL[3] = {KV_F32, KV_BF16, KV_INT8};
 
 /* KV bytes as the layout holds them: K and V elements, plus int8's scales. */
 Test(kv_engine, info_reports_true_kv_bytes) {
-    model *m = load_model("tests/fixtures/hf/gqa-bf16-tied");
+    model *m = te_load("tests/fixtures/hf/gqa-bf16-tied");
     const model_config *c = &m->cfg;
     size_t per_tok[3];
     for (int i = 0; i < 3; i++) {
@@ -269,7 +251,7 @@ Test(kv_engine, info_reports_true_kv_bytes) {
  * KV type: a token's K/V are stored (and quantized) before any query reads
  * them, whatever chunk they arrive in. */
 Test(kv_engine, chunked_prefill_equals_token_by_token) {
-    model *m = load_model("tests/fixtures/hf/gqa-bf16-tied");
+    model *m = te_load("tests/fixtures/hf/gqa-bf16-tied");
     int vocab = m->cfg.vocab_size;
     int32_t ids[23];
     for (int i = 0; i < 23; i++) ids[i] = (int32_t)((i * 37 + 11) % vocab);
@@ -277,13 +259,13 @@ Test(kv_engine, chunked_prefill_equals_token_by_token) {
     pg_err err = {0};
     for (int i = 0; i < 3; i++) {
         engine *e = make_engine(m, KV_ALL[i], 32);
-        reset_greedy(e);
+        te_reset_greedy(e, 0);
         engine_keep_all_logits(e, 1);
         step(e, ids, 23, 0);
         engine_keep_all_logits(e, 0);
         for (int j = 0; j < 23; j++) cr_assert_eq(engine_get_logits_at(e, j, all + (size_t)j * vocab, &err), PG_OK);
         for (int chunk = 1; chunk <= 4; chunk++) {
-            reset_greedy(e);
+            te_reset_greedy(e, 0);
             for (int pos = 0; pos < 23; pos += chunk) {
                 int n = 23 - pos < chunk ? 23 - pos : chunk;
                 step(e, ids + pos, n, pos);
@@ -305,7 +287,7 @@ Test(kv_engine, logits_close_to_f32_cache) {
     const char *fixtures[] = {"tests/fixtures/hf/gqa-bf16-tied", "tests/fixtures/hf/llama3-f16",
                               "tests/fixtures/hf/mha-f32"};
     for (size_t f = 0; f < 3; f++) {
-        model *m = load_model(fixtures[f]);
+        model *m = te_load(fixtures[f]);
         int vocab = m->cfg.vocab_size, np = 40;
         int32_t ids[40];
         for (int i = 0; i < np; i++) ids[i] = (int32_t)((i * 53 + 5) % vocab);
@@ -313,7 +295,7 @@ Test(kv_engine, logits_close_to_f32_cache) {
         pg_err err = {0};
         for (int i = 0; i < 3; i++) {
             engine *e = make_engine(m, KV_ALL[i], 64);
-            reset_greedy(e);
+            te_reset_greedy(e, 0);
             engine_keep_all_logits(e, 1);
             step(e, ids, np, 0);
             float *dst = i == 0 ? ref : out;
@@ -343,8 +325,8 @@ static int greedy_pair(engine *a, engine *b, const int32_t *ids, int np, int voc
                        double *max_change, int *rank_b, int32_t *ta_out, int32_t *tb_out) {
     float *la = pg_xmalloc((size_t)vocab * 4), *lb = pg_xmalloc((size_t)vocab * 4);
     pg_err err = {0};
-    reset_greedy(a);
-    reset_greedy(b);
+    te_reset_greedy(a, 0);
+    te_reset_greedy(b, 0);
     int32_t ta = step(a, ids, np, 0), tb = step(b, ids, np, 0);
     int same = 0;
     for (int t = 0; t < GREEDY_N; t++) {
@@ -377,7 +359,7 @@ Test(kv_smollm2, greedy_int8_bf16_vs_f32_kv, .timeout = 600) {
     char path[1024];
     pg_err err = {0};
     if (model_default_path(path, sizeof path, &err) != PG_OK) cr_skip("%s", err.msg);
-    model *m = load_model(path);
+    model *m = te_load(path);
     cr_assert(m->tok);
     char *text = NULL;
     size_t len = 0;

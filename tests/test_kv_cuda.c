@@ -47,6 +47,7 @@
 #include <cuda_runtime_api.h>
 #include "../kernels/cuda/kernels_cuda.h"
 #include "tests/test_util.h"
+#include "tests/engine_test_util.h"
 
 /* ---------------------------------------------------------------- rope + int8 write */
 static void check_rope_int8(int interleaved, int llama3, int nh, int nkv, int hd)
@@ -360,31 +361,12 @@ static engine *make_engine_on(const model *m, engine_device dev, kv_dtype kv, in
     o.max_seq_len = max_seq;
     o.use_graphs = graphs;
     o.kv = kv;
-    engine *e = NULL;
-    pg_err err = { 0 };
-    int rc = engine_create(m, &o, &e, &err);
-    cr_assert_eq(rc, PG_OK, "engine_create (kv %d): %s", (int)kv, err.msg);
-    sampler_params sp;
-    sampler_params_default(&sp);
-    sp.temperature = 0.f;
-    for (int s = 0; s < slots; s++) cr_assert_eq(engine_slot_reset(e, s, &sp, &err), PG_OK, "%s", err.msg);
-    return e;
+    return te_create(m, &o, 1);
 }
 static engine *make_engine(const model *m, kv_dtype kv, int slots, int graphs, int max_seq)
 {
     return make_engine_on(m, ENGINE_DEVICE_CUDA, kv, slots, graphs, max_seq);
 }
-static void step(engine *e, engine_row *rows, int n, engine_result *res)
-{
-    pg_err err = { 0 };
-    cr_assert_eq(engine_step(e, rows, n, res, &err), PG_OK, "engine_step: %s", err.msg);
-}
-static void logits_of(engine *e, int row, float *out)
-{
-    pg_err err = { 0 };
-    cr_assert_eq(engine_get_logits(e, row, out, &err), PG_OK, "%s", err.msg);
-}
-
 Test(kv_cuda, engine_refuses_f32_kv)
 {
     NEED_GPU();
@@ -437,31 +419,7 @@ Test(kv_cuda, engine_int8_graph_equals_eager_and_kv_bytes)
            ia.kv_bytes, i16.kv_bytes);
     engine_free(e16);
 
-    int32_t p0[9] = { 1, 5, 9, 200, 17, 3, 3, 99, 400 }, p1[4] = { 1, 42, 43, 44 };
-    engine_row rows[2] = { { 0, p0, 9, 0, 1, 1 }, { 1, p1, 4, 0, 1, 1 } };
-    engine_result ra[2], rb[2];
-    step(ea, rows, 2, ra);
-    step(eb, rows, 2, rb);
-    int32_t ta[2] = { ra[0].token, ra[1].token }, tb[2] = { rb[0].token, rb[1].token };
-    int pos[2] = { 9, 4 };
-    float *la = pg_xmalloc((size_t)V * 4), *lb = pg_xmalloc((size_t)V * 4);
-    for (int i = 0; i < 24; i++) {
-        cr_assert_eq(ta[0], tb[0], "step %d row 0: graph %d eager %d", i, ta[0], tb[0]);
-        cr_assert_eq(ta[1], tb[1], "step %d row 1: graph %d eager %d", i, ta[1], tb[1]);
-        int B = i < 12 ? 2 : 1;
-        engine_row da[2] = { { 0, &ta[0], 1, pos[0], 1, 0 }, { 1, &ta[1], 1, pos[1], 1, 0 } };
-        engine_row db[2] = { { 0, &tb[0], 1, pos[0], 1, 0 }, { 1, &tb[1], 1, pos[1], 1, 0 } };
-        step(ea, da, B, ra);
-        step(eb, db, B, rb);
-        for (int b = 0; b < B; b++) {
-            logits_of(ea, b, la);
-            logits_of(eb, b, lb);
-            cr_assert(memcmp(la, lb, (size_t)V * 4) == 0, "step %d row %d: graph and eager logits differ (int8 KV)", i, b);
-            ta[b] = ra[b].token; tb[b] = rb[b].token;
-            pos[b]++;
-        }
-    }
-    free(la); free(lb);
+    te_graph_equals_eager(ea, eb, V, 24, "int8 KV");
     engine_free(ea); engine_free(eb); model_free(m);
 }
 
@@ -489,11 +447,11 @@ static void check_short_chunk(kv_dtype kv)
     engine *e1 = make_engine_on(m, ENGINE_DEVICE_CUDA, kv, 1, 1, 512);
     engine_result res[1];
     engine_row a = { 0, toks, N1, 0, 1, 1 }, b = { 0, toks + N1, N2, N1, 1, 1 }, all = { 0, toks, N1 + N2, 0, 1, 1 };
-    step(ec, &a, 1, res); step(ec, &b, 1, res);
-    step(eg, &a, 1, res); step(eg, &b, 1, res);
-    step(e1, &all, 1, res);
+    te_step(ec, &a, 1, res); te_step(ec, &b, 1, res);
+    te_step(eg, &a, 1, res); te_step(eg, &b, 1, res);
+    te_step(e1, &all, 1, res);
     float *lc = pg_xmalloc((size_t)V * 4), *lg = pg_xmalloc((size_t)V * 4), *l1 = pg_xmalloc((size_t)V * 4);
-    logits_of(ec, 0, lc); logits_of(eg, 0, lg); logits_of(e1, 0, l1);
+    te_logits(ec, 0, lc); te_logits(eg, 0, lg); te_logits(e1, 0, l1);
     double e_cpu = rel_err(lg, lc, (size_t)V), e_one = rel_err(lg, l1, (size_t)V);
     cr_log_info("short chunk after %d tokens (kv %s): logits rel err vs cpu %.3g, vs one-chunk prefill %.3g", N1,
                 kv == KV_INT8 ? "int8" : "bf16", e_cpu, e_one);
@@ -515,13 +473,13 @@ static void greedy(engine *e, const int32_t *ids, int n, int n_new, int32_t *out
 {
     engine_result r[1];
     engine_row row = { 0, ids, n, 0, 1, 1 };
-    step(e, &row, 1, r);
+    te_step(e, &row, 1, r);
     for (int i = 0; i < n_new; i++) {
         out[i] = r[0].token;
-        if (lg) logits_of(e, 0, lg + (size_t)i * V);
+        if (lg) te_logits(e, 0, lg + (size_t)i * V);
         if (i + 1 == n_new) break;
         engine_row d = { 0, &out[i], 1, n + i, 1, 0 };
-        step(e, &d, 1, r);
+        te_step(e, &d, 1, r);
     }
 }
 
@@ -531,14 +489,9 @@ static void greedy(engine *e, const int32_t *ids, int n, int n_new, int32_t *out
  * printed; it must be a near-tie (<= 0.02). */
 static void greedy_compare(engine_device ref_dev, kv_dtype ref_kv, const char *what)
 {
-    const char *path = getenv("PEREGRINE_GPU_GGUF");
     char def[1024];
+    const char *path = te_gpu_gguf(def, sizeof def);
     pg_err err = { 0 };
-    if (!path) {
-        if (model_default_path(def, sizeof def, &err) != PG_OK || access(def, R_OK) != 0)
-            cr_skip("no default model (make model) and PEREGRINE_GPU_GGUF not set");
-        path = def;
-    }
     model_load_opts lo = { 0 };
     lo.path = path;
     model *m = NULL;

@@ -19,6 +19,7 @@
 #include "model/engine.h"
 #include "model/model.h"
 #include "tools/tools.h"
+#include "tests/engine_test_util.h"
 
 static long double direct_nll(const float *l, int vocab, int target) {
     long double mx = l[0];
@@ -54,14 +55,6 @@ Test(perplexity, token_nll_matches_long_double) {
     cr_assert(fabs(ppl_token_nll(u, 7, 3) - log(7.0)) <= 1e-15);
 }
 
-static model *load_fixture(const char *dir) {
-    model_load_opts o = {.path = dir};
-    model *m = NULL;
-    pg_err err = {0};
-    cr_assert_eq(model_load(&o, &m, &err), PG_OK, "%s: %s", dir, err.msg);
-    return m;
-}
-
 /* Direct: windows cut by hand, each token fed alone, NLL in long double. */
 static long double direct_score(engine *e, const int32_t *ids, int n, int ctx, int bos, int vocab,
                                 int64_t *n_scored, int *n_windows) {
@@ -94,7 +87,7 @@ static long double direct_score(engine *e, const int32_t *ids, int n, int ctx, i
 }
 
 Test(perplexity, score_matches_direct_computation) {
-    model *m = load_fixture("tests/fixtures/hf/gqa-bf16-tied");
+    model *m = te_load("tests/fixtures/hf/gqa-bf16-tied");
     int vocab = m->cfg.vocab_size;
     engine_opts o;
     engine_opts_default(&o);

@@ -11,6 +11,7 @@
 #include "model_test_util.h"
 #include "model/engine.h"
 #include "model/quant.h"
+#include "tests/engine_test_util.h"
 
 #define FIX "tests/fixtures/hf/"
 
@@ -24,30 +25,14 @@ static engine *make_engine(const model *m, weight_quant q, int group, int lm_hea
     o.quant = q;
     o.group_size = group;
     o.quant_lm_head = lm_head;
-    engine *e = NULL;
-    pg_err err = {0};
-    cr_assert_eq(engine_create(m, &o, &e, &err), PG_OK, "engine_create: %s", err.msg);
-    return e;
+    return te_create(m, &o, 0);
 }
 
 static const int32_t PROMPT[] = {1, 90, 91, 92, 93, 12, 250, 7, 7, 130, 64, 33};
 #define NP ((int)(sizeof PROMPT / sizeof *PROMPT))
 
 static float *prompt_logits(engine *e, int vocab) {
-    sampler_params p;
-    sampler_params_default(&p);
-    p.temperature = 0.0f;
-    pg_err err = {0};
-    cr_assert_eq(engine_slot_reset(e, 0, &p, &err), PG_OK, "%s", err.msg);
-    engine_keep_all_logits(e, 1);
-    engine_row row = {.slot = 0, .tokens = PROMPT, .n_tokens = NP, .pos = 0, .sample = 1, .count_prompt = 1};
-    engine_result res;
-    cr_assert_eq(engine_step(e, &row, 1, &res, &err), PG_OK, "%s", err.msg);
-    engine_keep_all_logits(e, 0);
-    float *lg = pg_xmalloc(sizeof(float) * NP * vocab);
-    for (int j = 0; j < NP; j++)
-        cr_assert_eq(engine_get_logits_at(e, j, lg + (size_t)j * vocab, &err), PG_OK, "%s", err.msg);
-    return lg;
+    return te_prompt_logits(e, PROMPT, NP, vocab);
 }
 
 static model *load_ok(const char *path) {

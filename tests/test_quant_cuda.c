@@ -37,6 +37,7 @@
 #include <cuda_runtime_api.h>
 #include "../kernels/cuda/kernels_cuda.h"
 #include "tests/test_util.h"
+#include "tests/engine_test_util.h"
 
 /* A host tensor of random weights stored as t (GGUF bytes for block types).
  * Row 0 is all zeros and row 1 constant where there are >= 3 rows (the s = 0
@@ -335,18 +336,6 @@ Test(quant_cuda, dequant_embed)
 }
 
 /* ---------------------------------------------------------------- engine */
-static model *load_random(const char *preset)
-{
-    model_load_opts lo = { 0 };
-    lo.random_preset = preset;
-    lo.seed = 77;
-    lo.random_dtype = PG_BF16;
-    model *m = NULL;
-    pg_err err = { 0 };
-    cr_assert_eq(model_load(&lo, &m, &err), PG_OK, "load %s: %s", preset, err.msg);
-    return m;
-}
-
 static engine *make_engine(const model *m, engine_device dev, weight_quant q, int group, int graphs, int slots)
 {
     engine_opts o;
@@ -359,25 +348,7 @@ static engine *make_engine(const model *m, engine_device dev, weight_quant q, in
     o.quant = q;
     o.group_size = group;
     o.kv = dev == ENGINE_DEVICE_CUDA ? KV_BF16 : KV_F32;
-    engine *e = NULL;
-    pg_err err = { 0 };
-    cr_assert_eq(engine_create(m, &o, &e, &err), PG_OK, "engine_create: %s", err.msg);
-    sampler_params sp;
-    sampler_params_default(&sp);
-    sp.temperature = 0.f;
-    for (int s = 0; s < slots; s++) cr_assert_eq(engine_slot_reset(e, s, &sp, &err), PG_OK, "%s", err.msg);
-    return e;
-}
-
-static void step(engine *e, engine_row *rows, int n, engine_result *res)
-{
-    pg_err err = { 0 };
-    cr_assert_eq(engine_step(e, rows, n, res, &err), PG_OK, "engine_step: %s", err.msg);
-}
-static void logits_of(engine *e, int row, float *out)
-{
-    pg_err err = { 0 };
-    cr_assert_eq(engine_get_logits(e, row, out, &err), PG_OK, "%s", err.msg);
+    return te_create(m, &o, 1);
 }
 
 /* Worst logits rel err of engine a vs engine b over a 21-token prefill
@@ -392,17 +363,17 @@ static double worst_logits(engine *a, engine *b, int V, int n_prompt)
     float *la = pg_xmalloc((size_t)V * 4), *lb = pg_xmalloc((size_t)V * 4);
     engine_result ra[1], rb[1];
     engine_row row = { 0, toks, n_prompt, 0, 1, 1 };
-    step(a, &row, 1, ra);
-    step(b, &row, 1, rb);
-    logits_of(a, 0, la);
-    logits_of(b, 0, lb);
+    te_step(a, &row, 1, ra);
+    te_step(b, &row, 1, rb);
+    te_logits(a, 0, la);
+    te_logits(b, 0, lb);
     double worst = rel_err(la, lb, (size_t)V);
     for (int i = 0; i < 8; i++) {
         engine_row d = { 0, &toks[n_prompt + i], 1, n_prompt + i, 1, 0 };
-        step(a, &d, 1, ra);
-        step(b, &d, 1, rb);
-        logits_of(a, 0, la);
-        logits_of(b, 0, lb);
+        te_step(a, &d, 1, ra);
+        te_step(b, &d, 1, rb);
+        te_logits(a, 0, la);
+        te_logits(b, 0, lb);
         double e = rel_err(la, lb, (size_t)V);
         if (e > worst) worst = e;
     }
@@ -412,7 +383,7 @@ static double worst_logits(engine *a, engine *b, int V, int n_prompt)
 
 static void cuda_vs_cpu_quant(const char *preset, weight_quant q, int group)
 {
-    model *m = load_random(preset);
+    model *m = te_load_random(preset);
     engine *ec = make_engine(m, ENGINE_DEVICE_CPU, q, group, 1, 1);
     engine *eg = make_engine(m, ENGINE_DEVICE_CUDA, q, group, 1, 1);
     for (int k = 0; k < 2; k++) {
@@ -457,7 +428,7 @@ Test(quant_cuda, engine_int4_g128_fallback_matches_cpu)
  * quant_matrix, which wrote the checkpoint). */
 static void checkpoint_vs_load(weight_quant q, pg_dtype to, int group)
 {
-    model *m = load_random("tiny-llama3");
+    model *m = te_load_random("tiny-llama3");
     pg_err err = { 0 };
     char dir[] = "/tmp/pg_qckpt_XXXXXX";
     cr_assert(mkdtemp(dir), "mkdtemp");
@@ -506,7 +477,7 @@ Test(quant_cuda, engine_quant_vs_bf16)
     NEED_GPU();
     const char *presets[] = { "tiny-llama", "tiny-llama3" };
     for (int p = 0; p < 2; p++) {
-        model *m = load_random(presets[p]);
+        model *m = te_load_random(presets[p]);
         engine *eb = make_engine(m, ENGINE_DEVICE_CUDA, WQUANT_BF16, 32, 1, 1);
         engine *e8 = make_engine(m, ENGINE_DEVICE_CUDA, WQUANT_INT8, 32, 1, 1);
         engine *e4 = make_engine(m, ENGINE_DEVICE_CUDA, WQUANT_INT4, 32, 1, 1);
@@ -527,36 +498,11 @@ Test(quant_cuda, engine_graph_equals_eager)
     NEED_GPU();
     weight_quant qs[] = { WQUANT_INT8, WQUANT_INT4 };
     for (int k = 0; k < 2; k++) {
-        model *m = load_random("tiny-llama3");
+        model *m = te_load_random("tiny-llama3");
         int V = m->cfg.vocab_size;
         engine *ea = make_engine(m, ENGINE_DEVICE_CUDA, qs[k], 32, 1, 2);
         engine *eb = make_engine(m, ENGINE_DEVICE_CUDA, qs[k], 32, 0, 2);
-        int32_t p0[9] = { 1, 5, 9, 200, 17, 3, 3, 99, 400 }, p1[4] = { 1, 42, 43, 44 };
-        engine_row rows[2] = { { 0, p0, 9, 0, 1, 1 }, { 1, p1, 4, 0, 1, 1 } };
-        engine_result ra[2], rb[2];
-        step(ea, rows, 2, ra);
-        step(eb, rows, 2, rb);
-        int32_t ta[2] = { ra[0].token, ra[1].token }, tb[2] = { rb[0].token, rb[1].token };
-        int pos[2] = { 9, 4 };
-        float *la = pg_xmalloc((size_t)V * 4), *lb = pg_xmalloc((size_t)V * 4);
-        for (int i = 0; i < 16; i++) {
-            cr_assert_eq(ta[0], tb[0], "%s step %d row 0: graph %d eager %d", engine_quant_name(qs[k]), i, ta[0], tb[0]);
-            cr_assert_eq(ta[1], tb[1], "%s step %d row 1: graph %d eager %d", engine_quant_name(qs[k]), i, ta[1], tb[1]);
-            int B = i < 8 ? 2 : 1;
-            engine_row da[2] = { { 0, &ta[0], 1, pos[0], 1, 0 }, { 1, &ta[1], 1, pos[1], 1, 0 } };
-            engine_row db[2] = { { 0, &tb[0], 1, pos[0], 1, 0 }, { 1, &tb[1], 1, pos[1], 1, 0 } };
-            step(ea, da, B, ra);
-            step(eb, db, B, rb);
-            for (int b = 0; b < B; b++) {
-                logits_of(ea, b, la);
-                logits_of(eb, b, lb);
-                cr_assert(memcmp(la, lb, (size_t)V * 4) == 0, "%s step %d row %d: graph and eager logits differ",
-                          engine_quant_name(qs[k]), i, b);
-                ta[b] = ra[b].token; tb[b] = rb[b].token;
-                pos[b]++;
-            }
-        }
-        free(la); free(lb);
+        te_graph_equals_eager(ea, eb, V, 16, engine_quant_name(qs[k]));
         engine_free(ea); engine_free(eb); model_free(m);
     }
 }
