@@ -154,6 +154,10 @@ void engine_info(const engine *e, engine_info_t *info) {
     info->kv_bytes = e->kv_bytes;
     info->kv_bytes_per_token = e->kv_bytes_per_token;
     info->step_weight_bytes = e->step_weight_bytes;
+    info->quant = e->opts.quant;
+    info->group_size = e->opts.group_size;
+    info->quant_lm_head = e->opts.quant_lm_head;
+    info->kv = e->opts.kv;
 }
 
 int engine_slot_reset(engine *e, int slot, const sampler_params *p, pg_err *err) {

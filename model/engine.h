@@ -116,6 +116,10 @@ typedef struct {
     size_t step_weight_bytes;  /* weight bytes one decode step reads (every matrix with its
                                   scales/mins, norms, the LM head; the embedding table only
                                   when it is the LM head); 0 = not reported by the backend */
+    weight_quant quant;        /* the weight format asked for (--quant) */
+    int    group_size;         /* its int4 group (matrices too narrow for it take a smaller one) */
+    int    quant_lm_head;      /* 1: the LM head has that format too */
+    kv_dtype kv;               /* the KV cache format in use (never KV_AUTO) */
 } engine_info_t;
 
 int  engine_create(const model *m, const engine_opts *opts, engine **out, pg_err *err);

@@ -3,10 +3,11 @@
 (one JSON log line per request), and an unknown --chat-template family."""
 import json
 import os
+import re
 import subprocess
 import tempfile
 
-from peregrine_server import BIN, Server
+from peregrine_server import BIN, MODEL, Server
 
 
 def test_help_and_bad_options():
@@ -56,3 +57,40 @@ def test_forced_chat_template():
     finally:
         assert s.stop() == 0
         s.cleanup()
+
+
+def test_quantized_formats_compose_with_serve():
+    """--quant and --kv-cache reach the engine behind `serve`: for each pair,
+    a greedy /v1/completions answer equals `peregrine generate` with the same
+    options (the same engine, so the same tokens), and the start-up log line
+    of the engine names the weight and KV formats. On this prompt int8 weights
+    + int8 KV give the stored weights' 12 tokens (only the log tells them
+    apart), while int4 g64 changes the text, which the test also requires, so
+    a server that ignored the option could not pass."""
+    prompt, n = "The capital of France is", 12
+
+    def generate(*opts):
+        p = subprocess.run([BIN, "generate", "--model", MODEL, "--device", "cpu", "--threads", "2", "-p", prompt,
+                            "-n", str(n), "--ignore-eos", "--temperature", "0", *opts],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.rstrip("\n")
+
+    stored = generate()
+    for opts, wfmt in ((["--quant", "int8", "--kv-cache", "int8"], "int8"),
+                       (["--quant", "int4", "--group-size", "64", "--kv-cache", "bf16"], "int4 g64")):
+        want = generate(*opts)
+        if wfmt.startswith("int4"):
+            assert want != stored, (want, stored)
+        s = Server("--device", "cpu", "--threads", "2", *opts)
+        try:
+            status, r = s.post_json("/v1/completions", {"prompt": prompt, "max_tokens": n, "temperature": 0,
+                                                        "ignore_eos": True})
+            assert status == 200, r
+            assert r["usage"]["completion_tokens"] == n
+            assert r["choices"][0]["text"].rstrip("\n") == want, (opts, r["choices"][0]["text"], want)
+            log = s.read_log()
+        finally:
+            assert s.stop() == 0
+        line = r"serve: engine on cpu[^\n]*: weights %s \([^\n]*KV cache %s " % (wfmt, opts[-1])
+        assert re.search(line, log), log
