@@ -1,6 +1,7 @@
 /* model/engine.c — engine lifecycle, argument validation and backend dispatch
  * (model/engine.h; the backends are described in model/engine_internal.h). */
 #include "engine_internal.h"
+#include "quant.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,7 @@ void engine_opts_default(engine_opts *o) {
     o->kv = KV_AUTO;
     o->quant = WQUANT_NONE;
     o->group_size = 32;
-    o->quant_lm_head = 1;
+    o->quant_lm_head = -1;
     o->use_graphs = 1;
     o->gpu_id = 0;
 }
@@ -81,6 +82,9 @@ static int resolve_opts(const model *m, engine_opts *o, pg_err *err) {
     if (o->n_threads < 1 || o->n_threads > 256)
         return pg_errf(err, PG_EINVAL, "engine: n_threads %d out of range [1, 256]", o->n_threads);
     if (o->kv == KV_AUTO) o->kv = o->device == ENGINE_DEVICE_CUDA ? KV_BF16 : KV_F32;
+    if (o->quant_lm_head < -1 || o->quant_lm_head > 1)
+        return pg_errf(err, PG_EINVAL, "engine: quant_lm_head %d is not -1 (auto), 0 or 1", o->quant_lm_head);
+    if (o->quant_lm_head < 0) o->quant_lm_head = quant_lm_head_auto(m);
     return PG_OK;
 }
 

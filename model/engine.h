@@ -49,10 +49,14 @@ typedef struct {
     kv_dtype kv;            /* KV_AUTO (default): KV_F32 on the CPU, KV_BF16 on CUDA */
     weight_quant quant;     /* re-quantize weights at load (model/quant.h) */
     int      group_size;    /* int4 group size: 32, 64 or 128 (default 32) */
-    int      quant_lm_head; /* 1 (default): the LM head gets the same format as the
-                               other matrices; 0: the LM head keeps the stored
-                               format (bf16 on CUDA). The embedding table always
-                               keeps its stored format (one row is read per token). */
+    int      quant_lm_head; /* -1 (default, "auto"): the LM head gets the --quant
+                               format when it is stored as F32/F16/BF16 and keeps
+                               an already-quantized stored format
+                               (quant_lm_head_auto, model/quant.h); 1: always the
+                               --quant format; 0: the stored format (bf16 on CUDA).
+                               engine_create resolves -1 to 0 or 1. The embedding
+                               table always keeps its stored format (one row is
+                               read per token). */
     int      use_graphs;    /* CUDA: capture decode in CUDA graphs (default 1) */
     int      gpu_id;
 } engine_opts;
@@ -118,7 +122,7 @@ typedef struct {
                                   when it is the LM head); 0 = not reported by the backend */
     weight_quant quant;        /* the weight format asked for (--quant) */
     int    group_size;         /* its int4 group (matrices too narrow for it take a smaller one) */
-    int    quant_lm_head;      /* 1: the LM head has that format too */
+    int    quant_lm_head;      /* 1: the LM head has that format too (resolved, never -1) */
     kv_dtype kv;               /* the KV cache format in use (never KV_AUTO) */
 } engine_info_t;
 

@@ -23,6 +23,11 @@ int quant_group_for(pg_dtype to, int group, int64_t cols) {
     return 0;
 }
 
+int quant_lm_head_auto(const model *m) {
+    const tensor *t = m->cfg.tie_embeddings ? &m->w.tok_embd : &m->w.lm_head;
+    return t->dtype == PG_F32 || t->dtype == PG_F16 || t->dtype == PG_BF16;
+}
+
 size_t quant_tensor_bytes(pg_dtype t, int64_t rows, int64_t cols, int group) {
     size_t ng = (size_t)rows * (size_t)(cols / group);
     size_t q = t == PG_QI4 ? (size_t)rows * (size_t)cols / 2 : (size_t)rows * (size_t)cols;

@@ -108,6 +108,16 @@ size_t quant_held_bytes(const tensor *t);
  * Errors: PG_EINVAL (a group that does not fit a matrix, a tensor without
  * host data), PG_ENOMEM.
  */
+/* The default of the LM head's format under --quant (engine_opts.quant_lm_head
+ * = -1, "auto"): 1 when the stored LM head (lm_head, or the embedding table
+ * when tied) is F32/F16/BF16, so --quant shrinks it like every other matrix
+ * (as gpt-fast does); 0 when it is already quantized (GGUF Q8_0/Q4_x, or the
+ * QI8/QI4 of a checkpoint), where re-quantizing adds error for little or no
+ * saving: on the default model (Q8_0 head) --quant int8 re-quantized costs
+ * +0.52% perplexity against +0.43% with the head as stored, for 1.00 vs 1.06
+ * bytes per weight (bench/results/cpu.md). */
+int  quant_lm_head_auto(const model *m);
+
 struct pg_pool;
 typedef struct {
     model_weights w;

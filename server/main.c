@@ -179,7 +179,9 @@ static cli_opt g_generate_opts[] = {
     {"max-seq-len", 0, OPT_INT, "0", "KV cache length per slot (0 = min(context, 4096))", 0},
     {"quant", 0, OPT_STR, "none", "weight format: none (as stored), bf16, int8 (per channel), int4 (grouped)", 0},
     {"group-size", 0, OPT_INT, "32", "int4 group size: 32, 64 or 128", 0},
-    {"no-quant-lm-head", 0, OPT_FLAG, NULL, "keep the LM head in its stored format under --quant", 0},
+    {"quant-lm-head", 0, OPT_FLAG, NULL, "give the LM head the --quant format even when it is stored quantized", 0},
+    {"no-quant-lm-head", 0, OPT_FLAG, NULL, "keep the LM head in its stored format under --quant (default: auto, "
+     "quantize an F32/F16/BF16 head, keep an already-quantized one)", 0},
     {"kv-cache", 0, OPT_STR, "auto", "KV cache type: auto (f32 on CPU, bf16 on CUDA), f32, bf16, int8", 0},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
@@ -230,7 +232,7 @@ static int generate_run(cli_opt *t, pg_err *err) {
     rc = engine_opts_parse_formats(&eo, opt_str(t, "quant"), (int)opt_num(t, "group-size"),
                                    opt_str(t, "kv-cache"), err);
     if (rc) goto done;
-    eo.quant_lm_head = opt_str(t, "no-quant-lm-head") == NULL;
+    eo.quant_lm_head = opt_str(t, "no-quant-lm-head") ? 0 : opt_str(t, "quant-lm-head") ? 1 : -1;
     rc = engine_create(m, &eo, &e, err);
     if (rc) goto done;
     engine_info_t info;

@@ -53,7 +53,7 @@ static const opt_def g_opts[] = {
     {"kv-cache", OPT_STR, F(kv_dtype), "auto", 0, 0, "auto|f32|bf16|int8", "KV cache type (auto: f32 on CPU, bf16 on CUDA)"},
     {"quant", OPT_STR, F(quant), "none", 0, 0, "none|bf16|int8|int4", "weight format: as stored, bf16, int8 per channel, int4 grouped"},
     {"group-size", OPT_INT, F(group_size), "32", 32, 128, NULL, "int4 group size: 32, 64 or 128"},
-    {"quant-lm-head", OPT_INT, F(quant_lm_head), "1", 0, 1, NULL, "1: the LM head gets the --quant format too; 0: keep it as stored"},
+    {"quant-lm-head", OPT_INT, F(quant_lm_head), "-1", -1, 1, NULL, "1: the LM head gets the --quant format too; 0: keep it as stored; -1: auto (quantize an F32/F16/BF16 head, keep an already-quantized one)"},
     {"gpu", OPT_INT, F(gpu_id), "0", 0, 64, NULL, "CUDA device index"},
     {"prefill-chunk", OPT_INT, F(prefill_chunk), "512", 1, 1 << 20, NULL, "prompt tokens per engine step (cancellation is checked between steps)"},
     {"config", OPT_STR, F(config), NULL, 0, 0, NULL, "JSON file of options (keys are option names); the command line wins"},

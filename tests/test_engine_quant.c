@@ -272,3 +272,38 @@ Test(engine_quant, default_model, .timeout = 300) {
     };
     check_model("default", cases, 4);
 }
+
+/* --quant with the LM head left at auto (-1): an F32/F16/BF16 head gets the
+ * format (the HF fixtures), an already-quantized one keeps its stored format
+ * (the default model's tied Q8_0 embedding), and the engine reports what it
+ * resolved; 0 and 1 are taken as given. With the head as stored the engine
+ * holds the Q8_0 table once (tied: no copy), so it holds fewer bytes than
+ * with a quantized copy. */
+Test(engine_quant, lm_head_auto_follows_stored_format, .timeout = 300) {
+    const char *fx[] = {FIX "mha-f32", FIX "gqa-bf16-tied", FIX "llama3-f16"};
+    for (int i = 0; i < 3; i++) {
+        model *m = te_load(fx[i]);
+        cr_assert_eq(quant_lm_head_auto(m), 1, "%s", fx[i]);
+        engine *e = make_engine(m, WQUANT_INT8, 32, -1);
+        engine_info_t info;
+        engine_info(e, &info);
+        cr_assert_eq(info.quant_lm_head, 1, "%s: an unquantized LM head gets --quant int8", fx[i]);
+        engine_free(e);
+        model_free(m);
+    }
+    if (!have_default()) cr_skip("default model not downloaded (make model)");
+    model *m = te_load("default");
+    cr_assert_eq(quant_lm_head_auto(m), 0, "the default model's LM head is the tied Q8_0 embedding");
+    size_t bytes[3];
+    for (int lm = -1; lm <= 1; lm++) {
+        engine *e = make_engine(m, WQUANT_INT8, 32, lm);
+        engine_info_t info;
+        engine_info(e, &info);
+        cr_assert_eq(info.quant_lm_head, lm < 0 ? 0 : lm, "asked %d", lm);
+        bytes[lm + 1] = info.weight_bytes;
+        engine_free(e);
+    }
+    cr_assert_eq(bytes[0], bytes[1], "auto = as stored: %zu vs %zu bytes", bytes[0], bytes[1]);
+    cr_assert_gt(bytes[2], bytes[1], "a quantized copy of a tied head adds bytes: %zu vs %zu", bytes[2], bytes[1]);
+    model_free(m);
+}

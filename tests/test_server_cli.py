@@ -92,5 +92,6 @@ def test_quantized_formats_compose_with_serve():
             log = s.read_log()
         finally:
             assert s.stop() == 0
-        line = r"serve: engine on cpu[^\n]*: weights %s \([^\n]*KV cache %s " % (wfmt, opts[-1])
+        # the default model's LM head is its Q8_0 embedding: auto keeps it as stored
+        line = r"serve: engine on cpu[^\n]*: weights %s, LM head as stored \([^\n]*KV cache %s " % (wfmt, opts[-1])
         assert re.search(line, log), log

@@ -24,7 +24,7 @@
 
 typedef struct {
     const char *model, *random, *device, *dtype, *quant, *kv;
-    int prompt, new_tokens, batch, runs, ctx, max_seq, threads, no_graphs, kernels, group_size, no_quant_lm_head;
+    int prompt, new_tokens, batch, runs, ctx, max_seq, threads, no_graphs, kernels, group_size, quant_lm_head;
 } bench_args;
 
 static void bench_usage(FILE *f)
@@ -42,7 +42,9 @@ static void bench_usage(FILE *f)
         "  --threads N              CPU threads\n"
         "  --quant none|bf16|int8|int4  weight format (default none = as stored)\n"
         "  --group-size 32|64|128   int4 group size (default 32)\n"
+        "  --quant-lm-head          give the LM head the --quant format even when it is stored quantized\n"
         "  --no-quant-lm-head       keep the LM head in its stored format under --quant\n"
+        "                           (default: quantize an F32/F16/BF16 LM head, keep an already-quantized one)\n"
         "  --kv-cache auto|f32|bf16|int8  KV cache type (default auto: f32 CPU, bf16 CUDA)\n"
         "  --no-graphs              CUDA: run decode eagerly instead of replaying graphs\n"
         "  --kernels                CUDA kernel micro-benchmarks at the model's shape\n");
@@ -53,7 +55,7 @@ static int bench_parse(int argc, char **argv, bench_args *a)
     memset(a, 0, sizeof *a);
     a->device = "auto"; a->dtype = "bf16";
     a->prompt = 5; a->new_tokens = 200; a->batch = 1; a->runs = 5;
-    a->quant = "none"; a->kv = "auto"; a->group_size = 32;
+    a->quant = "none"; a->kv = "auto"; a->group_size = 32; a->quant_lm_head = -1;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define STR(name, field) if (!strcmp(k, name)) { if (!v) goto missing; a->field = v; i++; continue; }
@@ -67,7 +69,8 @@ static int bench_parse(int argc, char **argv, bench_args *a)
 #undef INT
         if (!strcmp(k, "--no-graphs")) { a->no_graphs = 1; continue; }
         if (!strcmp(k, "--kernels")) { a->kernels = 1; continue; }
-        if (!strcmp(k, "--no-quant-lm-head")) { a->no_quant_lm_head = 1; continue; }
+        if (!strcmp(k, "--no-quant-lm-head")) { a->quant_lm_head = 0; continue; }
+        if (!strcmp(k, "--quant-lm-head")) { a->quant_lm_head = 1; continue; }
         if (!strcmp(k, "--help") || !strcmp(k, "-h")) { bench_usage(stdout); return 1; }
         fprintf(stderr, "bench: unknown option %s\n", k);
         bench_usage(stderr);
@@ -246,7 +249,7 @@ int bench_main(int argc, char **argv)
     eo.use_graphs = !a.no_graphs;
     rc = engine_opts_parse_formats(&eo, a.quant, a.group_size, a.kv, &err);
     if (rc) goto fail;
-    eo.quant_lm_head = !a.no_quant_lm_head;
+    eo.quant_lm_head = a.quant_lm_head;
     eo.max_seq_len = a.max_seq ? a.max_seq : n_prompt + a.new_tokens;
     if (eo.max_seq_len > c->max_pos && c->max_pos > 0) eo.max_seq_len = c->max_pos;
     double te = pg_now();

@@ -86,7 +86,7 @@ int ppl_score(engine *e, const int32_t *ids, int64_t n, int ctx, int bos, int st
 /* ---------------------------------------------------------------- CLI */
 typedef struct {
     const char *model, *file, *quant, *kv, *device;
-    int ctx, group_size, threads, no_quant_lm_head, json;
+    int ctx, group_size, threads, quant_lm_head, json;
     long long max_tokens;
 } ppl_args;
 
@@ -99,7 +99,9 @@ static void ppl_usage(FILE *f) {
         "  --max-tokens N           score only the first N tokens of the text (default: all)\n"
         "  --quant none|bf16|int8|int4  weight format (default none = as stored)\n"
         "  --group-size 32|64|128   int4 group size (default 32)\n"
+        "  --quant-lm-head          give the LM head the --quant format even when it is stored quantized\n"
         "  --no-quant-lm-head       keep the LM head in its stored format under --quant\n"
+        "                           (default: quantize an F32/F16/BF16 LM head, keep an already-quantized one)\n"
         "  --kv-cache auto|f32|bf16|int8  KV cache type (default auto: f32 CPU, bf16 CUDA)\n"
         "  --device cpu|cuda|auto   (default auto)\n"
         "  --threads N              CPU threads (default: all cores)\n"
@@ -123,13 +125,15 @@ static int ppl_parse(int argc, char **argv, ppl_args *a) {
     a->file = "/usr/share/common-licenses/GPL-3";
     a->quant = "none";
     a->kv = "auto";
+    a->quant_lm_head = -1;
     a->device = "auto";
     a->group_size = 32;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long long x;
         if (!strcmp(k, "--help") || !strcmp(k, "-h")) { ppl_usage(stdout); return 1; }
-        if (!strcmp(k, "--no-quant-lm-head")) { a->no_quant_lm_head = 1; continue; }
+        if (!strcmp(k, "--no-quant-lm-head")) { a->quant_lm_head = 0; continue; }
+        if (!strcmp(k, "--quant-lm-head")) { a->quant_lm_head = 1; continue; }
         if (!strcmp(k, "--json")) { a->json = 1; continue; }
         if (!strcmp(k, "--model") && (!v || !strncmp(v, "--", 2))) { a->model = "default"; continue; }
         const char **str = !strcmp(k, "--model") ? &a->model : !strcmp(k, "--file") ? &a->file
@@ -163,7 +167,7 @@ int perplexity_main(int argc, char **argv) {
         fprintf(stderr, "peregrine perplexity: %s\n", err.msg);
         return 2;
     }
-    eo.quant_lm_head = !a.no_quant_lm_head;
+    eo.quant_lm_head = a.quant_lm_head;
     eo.n_threads = a.threads;
     if (!strcmp(a.device, "cuda")) eo.device = ENGINE_DEVICE_CUDA;
     else if (!strcmp(a.device, "auto")) eo.device = engine_cuda_available() ? ENGINE_DEVICE_CUDA : ENGINE_DEVICE_CPU;
@@ -221,7 +225,7 @@ int perplexity_main(int argc, char **argv) {
     char qdesc[48];
     if (eo.quant == WQUANT_INT4) snprintf(qdesc, sizeof qdesc, "int4 g%d", eo.group_size);
     else snprintf(qdesc, sizeof qdesc, "%s", quant);
-    if (eo.quant != WQUANT_NONE && !eo.quant_lm_head)
+    if (eo.quant != WQUANT_NONE && !info.quant_lm_head)   /* as the engine resolved it */
         snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " (lm head as stored)");
     /* the engine resolved --kv-cache auto; ask it what it holds */
     double kv_per_tok = (double)info.kv_bytes_per_token;

@@ -21,7 +21,9 @@ static void quantize_usage(FILE *f) {
         "  OUT                      folder to write (config.json, model.safetensors, tokenizer)\n"
         "  --quant int8|int4        int8: per output channel, symmetric; int4: groups, scale + minimum\n"
         "  --group-size 32|64|128   int4 group size (default 32)\n"
+        "  --quant-lm-head          give the LM head the --quant format even when it is stored quantized\n"
         "  --no-quant-lm-head       keep the LM head in its stored format\n"
+        "                           (default: quantize an F32/F16/BF16 LM head, keep an already-quantized one)\n"
         "  --threads N              threads (default: all cores)\n");
 }
 
@@ -33,11 +35,12 @@ static double now_s(void) {
 
 int quantize_main(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *quant = NULL;
-    int group = 32, lm_head = 1, threads = 0;
+    int group = 32, lm_head = -1, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(k, "-h") || !strcmp(k, "--help")) { quantize_usage(stdout); return 0; }
         if (!strcmp(k, "--no-quant-lm-head")) { lm_head = 0; continue; }
+        if (!strcmp(k, "--quant-lm-head")) { lm_head = 1; continue; }
         if (!strcmp(k, "--quant") || !strcmp(k, "--group-size") || !strcmp(k, "--threads")) {
             if (!v) { fprintf(stderr, "peregrine quantize: %s needs a value\n", k); return 2; }
             i++;
@@ -81,6 +84,7 @@ int quantize_main(int argc, char **argv) {
     int rc = model_load(&lo, &m, &err);
     double t1 = now_s();
     if (!rc) rc = pool_create(threads, &pool, &err);
+    if (!rc && lm_head < 0) lm_head = quant_lm_head_auto(m);
     if (!rc) rc = quant_weights_make(m, to, group, lm_head, pool, &qw, &err);
     double t2 = now_s();
     if (!rc) rc = quant_write_checkpoint(m, &qw, quant, to == PG_QI4 ? group : 0, lm_head, out, &err);
