@@ -63,6 +63,20 @@ static inline engine *te_create(const model *m, const engine_opts *o, int greedy
     return e;
 }
 
+/* A CPU engine (2 threads, 64 positions) with weight format q, int4 group
+ * and LM-head choice lm_head (-1 auto, 0 as stored, 1 quantized). */
+static inline engine *te_quant_engine(const model *m, weight_quant q, int group, int lm_head)
+{
+    engine_opts o;
+    engine_opts_default(&o);
+    o.max_seq_len = 64;
+    o.n_threads = 2;
+    o.quant = q;
+    o.group_size = group;
+    o.quant_lm_head = lm_head;
+    return te_create(m, &o, 0);
+}
+
 static inline void te_step(engine *e, const engine_row *rows, int n, engine_result *res)
 {
     pg_err err = { 0 };

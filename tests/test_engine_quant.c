@@ -31,16 +31,6 @@ static int have_default(void) {
     return model_default_path(p, sizeof p, &err) == PG_OK;
 }
 
-static engine *make_engine(const model *m, weight_quant q, int group, int lm_head) {
-    engine_opts o;
-    engine_opts_default(&o);
-    o.max_seq_len = 64;
-    o.n_threads = 2;
-    o.quant = q;
-    o.group_size = group;
-    o.quant_lm_head = lm_head;
-    return te_create(m, &o, 0);
-}
 
 static const int32_t PROMPT[] = {1, 90, 91, 92, 93, 12, 250, 7, 7, 130, 64, 33, 201, 5, 88, 19};
 #define NP ((int)(sizeof PROMPT / sizeof *PROMPT))
@@ -89,7 +79,7 @@ typedef struct {
 static void check_model(const char *path, const qcase *cs, int n_cases) {
     model *m = te_load(path);
     int vocab = m->cfg.vocab_size;
-    engine *e0 = make_engine(m, WQUANT_NONE, 32, 1);
+    engine *e0 = te_quant_engine(m, WQUANT_NONE, 32, 1);
     float *ref = prompt_logits(e0, vocab);
     engine_free(e0);
     for (int k = 0; k < n_cases; k++) {
@@ -108,7 +98,7 @@ static void check_model(const char *path, const qcase *cs, int n_cases) {
             cr_assert(strstr(err.msg, "group size") && strstr(err.msg, ".weight"), "message: %s", err.msg);
             continue;
         }
-        engine *e = make_engine(m, c->q, c->group, c->lm_head);
+        engine *e = te_quant_engine(m, c->q, c->group, c->lm_head);
         engine_info_t info;
         engine_info(e, &info);
         size_t want = c->bound < 0 ? model_weight_bytes(m) : expect_bytes(m, c->to, c->group, c->lm_head);
@@ -216,7 +206,7 @@ static void check_same_weights(const char *path, pg_dtype to, weight_quant q, in
     int nb;
     model *f = f32_copy(m, &qw, &blocks, &nb);
     cr_assert(nb >= 7 * m->cfg.n_layers + (lm_head ? 1 : 0));
-    engine *ef = make_engine(f, WQUANT_NONE, 32, 1), *eq = make_engine(m, q, group, lm_head);
+    engine *ef = te_quant_engine(f, WQUANT_NONE, 32, 1), *eq = te_quant_engine(m, q, group, lm_head);
     float *a = prompt_logits(ef, vocab), *b = prompt_logits(eq, vocab);
     double w = worst_err(b, a, vocab);
     cr_log_info("%s %s g%d lm_head %d: quantized engine vs f32 on the same weights: %.3g", path,
@@ -284,7 +274,7 @@ Test(engine_quant, lm_head_auto_follows_stored_format, .timeout = 300) {
     for (int i = 0; i < 3; i++) {
         model *m = te_load(fx[i]);
         cr_assert_eq(quant_lm_head_auto(m), 1, "%s", fx[i]);
-        engine *e = make_engine(m, WQUANT_INT8, 32, -1);
+        engine *e = te_quant_engine(m, WQUANT_INT8, 32, -1);
         engine_info_t info;
         engine_info(e, &info);
         cr_assert_eq(info.quant_lm_head, 1, "%s: an unquantized LM head gets --quant int8", fx[i]);
@@ -296,7 +286,7 @@ Test(engine_quant, lm_head_auto_follows_stored_format, .timeout = 300) {
     cr_assert_eq(quant_lm_head_auto(m), 0, "the default model's LM head is the tied Q8_0 embedding");
     size_t bytes[3];
     for (int lm = -1; lm <= 1; lm++) {
-        engine *e = make_engine(m, WQUANT_INT8, 32, lm);
+        engine *e = te_quant_engine(m, WQUANT_INT8, 32, lm);
         engine_info_t info;
         engine_info(e, &info);
         cr_assert_eq(info.quant_lm_head, lm < 0 ? 0 : lm, "asked %d", lm);

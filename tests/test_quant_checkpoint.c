@@ -17,17 +17,6 @@
 
 TestSuite(quant_ckpt, .init = tmp_setup, .fini = tmp_teardown);
 
-static engine *make_engine(const model *m, weight_quant q, int group, int lm_head) {
-    engine_opts o;
-    engine_opts_default(&o);
-    o.max_seq_len = 64;
-    o.n_threads = 2;
-    o.quant = q;
-    o.group_size = group;
-    o.quant_lm_head = lm_head;
-    return te_create(m, &o, 0);
-}
-
 static const int32_t PROMPT[] = {1, 90, 91, 92, 93, 12, 250, 7, 7, 130, 64, 33};
 #define NP ((int)(sizeof PROMPT / sizeof *PROMPT))
 
@@ -87,8 +76,8 @@ static void roundtrip(const char *src, pg_dtype to, weight_quant q, int group, i
     cr_assert_eq(c->cfg.tie_embeddings, lm_head ? 0 : m->cfg.tie_embeddings);
     /* the same logits, bitwise, with no re-quantization (--quant none) */
     int vocab = m->cfg.vocab_size;
-    engine *eq = make_engine(m, q, group, lm_head), *ec = make_engine(c, WQUANT_NONE, 32, 1);
-    engine *ec2 = make_engine(c, q, group, lm_head);   /* already in that format: borrowed */
+    engine *eq = te_quant_engine(m, q, group, lm_head), *ec = te_quant_engine(c, WQUANT_NONE, 32, 1);
+    engine *ec2 = te_quant_engine(c, q, group, lm_head);   /* already in that format: borrowed */
     engine_info_t iq, ic, ic2;
     engine_info(eq, &iq);
     engine_info(ec, &ic);

@@ -40,12 +40,7 @@ static void bench_usage(FILE *f)
         "  --max-seq-len N          KV cache positions per slot (default: what the run needs)\n"
         "  --dtype bf16|f32         dtype of random weights (default bf16)\n"
         "  --threads N              CPU threads\n"
-        "  --quant none|bf16|int8|int4  weight format (default none = as stored)\n"
-        "  --group-size 32|64|128   int4 group size (default 32)\n"
-        "  --quant-lm-head          give the LM head the --quant format even when it is stored quantized\n"
-        "  --no-quant-lm-head       keep the LM head in its stored format under --quant\n"
-        "                           (default: quantize an F32/F16/BF16 LM head, keep an already-quantized one)\n"
-        "  --kv-cache auto|f32|bf16|int8  KV cache type (default auto: f32 CPU, bf16 CUDA)\n"
+        TOOLS_FORMAT_OPTIONS_HELP
         "  --no-graphs              CUDA: run decode eagerly instead of replaying graphs\n"
         "  --kernels                CUDA kernel micro-benchmarks at the model's shape\n");
 }

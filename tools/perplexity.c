@@ -97,12 +97,7 @@ static void ppl_usage(FILE *f) {
         "  --file PATH              text to score (default /usr/share/common-licenses/GPL-3)\n"
         "  --ctx N                  window length in tokens, BOS included (default min(model context, 2048))\n"
         "  --max-tokens N           score only the first N tokens of the text (default: all)\n"
-        "  --quant none|bf16|int8|int4  weight format (default none = as stored)\n"
-        "  --group-size 32|64|128   int4 group size (default 32)\n"
-        "  --quant-lm-head          give the LM head the --quant format even when it is stored quantized\n"
-        "  --no-quant-lm-head       keep the LM head in its stored format under --quant\n"
-        "                           (default: quantize an F32/F16/BF16 LM head, keep an already-quantized one)\n"
-        "  --kv-cache auto|f32|bf16|int8  KV cache type (default auto: f32 CPU, bf16 CUDA)\n"
+        TOOLS_FORMAT_OPTIONS_HELP
         "  --device cpu|cuda|auto   (default auto)\n"
         "  --threads N              CPU threads (default: all cores)\n"
         "  --json                   print one JSON object instead of text\n");

@@ -11,6 +11,17 @@
 /* `peregrine bench ARGS` (argv[0] == "bench"). Returns the process exit code. */
 int bench_main(int argc, char **argv);
 
+/* --help lines of the weight and KV format options that bench and perplexity
+ * share (engine_opts_parse_formats reads them; generate and serve list the
+ * same options from their option tables). */
+#define TOOLS_FORMAT_OPTIONS_HELP \
+    "  --quant none|bf16|int8|int4  weight format (default none = as stored)\n" \
+    "  --group-size 32|64|128   int4 group size (default 32)\n" \
+    "  --quant-lm-head          give the LM head the --quant format even when it is stored quantized\n" \
+    "  --no-quant-lm-head       keep the LM head in its stored format under --quant\n" \
+    "                           (default: quantize an F32/F16/BF16 LM head, keep an already-quantized one)\n" \
+    "  --kv-cache auto|f32|bf16|int8  KV cache type (default auto: f32 CPU, bf16 CUDA)\n"
+
 /* `peregrine quantize IN OUT --quant int8|int4 [--group-size N] [--no-quant-lm-head]`
  * (tools/quantize.c): writes a quantized checkpoint (model/quant.h). */
 int quantize_main(int argc, char **argv);
