@@ -164,6 +164,13 @@ void engine_info(const engine *e, engine_info_t *info) {
     info->kv = e->opts.kv;
 }
 
+void engine_weights_desc(const engine_info_t *info, char *buf, size_t cap) {
+    const char *head = info->quant != WQUANT_NONE && !info->quant_lm_head ? ", LM head as stored" : "";
+    if (info->quant == WQUANT_NONE) snprintf(buf, cap, "as stored");
+    else if (info->quant == WQUANT_INT4) snprintf(buf, cap, "int4 g%d%s", info->group_size, head);
+    else snprintf(buf, cap, "%s%s", engine_quant_name(info->quant), head);
+}
+
 int engine_slot_reset(engine *e, int slot, const sampler_params *p, pg_err *err) {
     if (slot < 0 || slot >= e->opts.max_slots)
         return pg_errf(err, PG_EINVAL, "engine: slot %d out of range [0, %d)", slot, e->opts.max_slots);

@@ -129,6 +129,10 @@ typedef struct {
 int  engine_create(const model *m, const engine_opts *opts, engine **out, pg_err *err);
 void engine_free(engine *e);
 void engine_info(const engine *e, engine_info_t *info);
+/* The weight formats an engine holds, for logs and reports: "as stored",
+ * "bf16", "int8" or "int4 g64", then ", LM head as stored" when --quant left
+ * the LM head in its stored format. */
+void engine_weights_desc(const engine_info_t *info, char *buf, size_t cap);
 
 /* Reset a slot for a new sequence: clears its sampler state (seed, penalty
  * history, logit bias). Returns PG_EINVAL for a bad slot or parameters. */

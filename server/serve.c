@@ -81,14 +81,11 @@ static int load(srv_server *s, pg_err *err) {
     PG_TRY(engine_create(s->m, &eo, &s->e, err));
     engine_info_t info;
     engine_info(s->e, &info);
-    char wfmt[64];
-    if (info.quant == WQUANT_NONE) snprintf(wfmt, sizeof wfmt, "as stored");
-    else if (info.quant == WQUANT_INT4) snprintf(wfmt, sizeof wfmt, "int4 g%d", info.group_size);
-    else snprintf(wfmt, sizeof wfmt, "%s", engine_quant_name(info.quant));
-    LOG_INFO("serve: engine on %s: weights %s%s (%.1f MB), KV cache %s (%.1f MB: %d slot(s) x %d positions)",
-             info.device_name, wfmt, info.quant != WQUANT_NONE && !info.quant_lm_head ? ", LM head as stored" : "",
-             info.weight_bytes / 1e6, engine_kv_name(info.kv), info.kv_bytes / 1e6, info.max_slots,
-             info.max_seq_len);
+    char wfmt[96];
+    engine_weights_desc(&info, wfmt, sizeof wfmt);
+    LOG_INFO("serve: engine on %s: weights %s (%.1f MB), KV cache %s (%.1f MB: %d slot(s) x %d positions)",
+             info.device_name, wfmt, info.weight_bytes / 1e6, engine_kv_name(info.kv), info.kv_bytes / 1e6,
+             info.max_slots, info.max_seq_len);
     s->vocab = s->m->cfg.vocab_size;
     s->max_seq_len = info.max_seq_len;
     snprintf(s->model_id, sizeof s->model_id, "%s", c->alias ? c->alias : s->m->name);

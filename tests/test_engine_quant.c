@@ -297,3 +297,23 @@ Test(engine_quant, lm_head_auto_follows_stored_format, .timeout = 300) {
     cr_assert_gt(bytes[2], bytes[1], "a quantized copy of a tied head adds bytes: %zu vs %zu", bytes[2], bytes[1]);
     model_free(m);
 }
+
+/* The format description that serve logs and bench prints. */
+Test(engine_quant, weights_desc) {
+    engine_info_t i;
+    memset(&i, 0, sizeof i);
+    char b[96];
+    struct { weight_quant q; int g, lm; const char *want; } cs[] = {
+        {WQUANT_NONE, 32, 0, "as stored"},   {WQUANT_NONE, 32, 1, "as stored"},
+        {WQUANT_BF16, 32, 1, "bf16"},        {WQUANT_INT8, 32, 1, "int8"},
+        {WQUANT_INT8, 32, 0, "int8, LM head as stored"},
+        {WQUANT_INT4, 64, 1, "int4 g64"},    {WQUANT_INT4, 128, 0, "int4 g128, LM head as stored"},
+    };
+    for (size_t k = 0; k < sizeof cs / sizeof *cs; k++) {
+        i.quant = cs[k].q;
+        i.group_size = cs[k].g;
+        i.quant_lm_head = cs[k].lm;
+        engine_weights_desc(&i, b, sizeof b);
+        cr_assert_str_eq(b, cs[k].want);
+    }
+}

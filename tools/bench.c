@@ -289,6 +289,9 @@ int bench_main(int argc, char **argv)
     printf("device       %s%s\n", info.device_name, cuda ? (a.no_graphs ? " (eager decode)" : " (CUDA graphs)") : "");
     printf("load         model %.2f s, engine %.2f s (weights %.2f GB on the device)\n", tl, te,
            info.weight_bytes / 1e9);
+    char wdesc[96];
+    engine_weights_desc(&info, wdesc, sizeof wdesc);
+    printf("formats      weights %s, KV cache %s\n", wdesc, engine_kv_name(info.kv));
     printf("shape        batch %d, prompt %d, context before prompt %d, new tokens %d, runs %d (median)\n",
            a.batch, a.prompt, a.ctx, a.new_tokens, a.runs);
     printf("prefill      %.2f ms for %d tokens x %d = %.0f tok/s; time to first token %.2f ms\n",
