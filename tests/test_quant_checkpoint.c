@@ -25,13 +25,6 @@ static float *prompt_logits(engine *e, int vocab) {
     return te_prompt_logits(e, PROMPT, NP, vocab);
 }
 
-static model *load_ok(const char *path) {
-    model *m = NULL;
-    pg_err err;
-    cr_assert_eq(load_path(path, &m, &err), PG_OK, "load %s: %s", path, err.msg);
-    return m;
-}
-
 static void write_ckpt(const model *m, pg_dtype to, int group, int lm_head, const char *dir) {
     quant_weights qw;
     pg_err err = {0};
@@ -54,10 +47,10 @@ static int same_tensor(const tensor *a, const tensor *b) {
 /* Write, load, compare tensors and logits with the engine that quantizes at
  * start-up. */
 static void roundtrip(const char *src, pg_dtype to, weight_quant q, int group, int lm_head) {
-    model *m = load_ok(src);
+    model *m = te_load(src);
     const char *dir = tmp_path(to == PG_QI8 ? "ck8" : "ck4");
     write_ckpt(m, to, group, lm_head, dir);
-    model *c = load_ok(dir);
+    model *c = te_load(dir);
     /* every tensor as the quantizer made it */
     quant_weights qw;
     pg_err err = {0};
@@ -108,9 +101,9 @@ Test(quant_ckpt, default_model_int4, .timeout = 300) {
     char gg[1024];
     if (!default_gguf(gg, sizeof gg)) cr_skip("default model not downloaded (make model)");
     roundtrip("default", PG_QI4, WQUANT_INT4, 32, 1);
-    model *m = load_ok("default");
+    model *m = te_load("default");
     const char *dir = tmp_path("ck4");   /* written by roundtrip */
-    model *c = load_ok(dir);
+    model *c = te_load(dir);
     cr_assert(c->tok, "checkpoint has no tokenizer");
     cr_assert_eq(tok_n_vocab(c->tok), tok_n_vocab(m->tok));
     cr_assert_str_eq(tok_kind(c->tok), tok_kind(m->tok));
@@ -142,11 +135,11 @@ Test(quant_ckpt, default_model_int4, .timeout = 300) {
 Test(quant_ckpt, default_model_int8_auto_head, .timeout = 300) {
     char gg[1024];
     if (!default_gguf(gg, sizeof gg)) cr_skip("default model not downloaded (make model)");
-    model *m = load_ok("default");
+    model *m = te_load("default");
     cr_assert_eq(quant_lm_head_auto(m), 0);
     const char *dir = tmp_path("ck8auto");
     write_ckpt(m, PG_QI8, 32, quant_lm_head_auto(m), dir);
-    model *c = load_ok(dir);
+    model *c = te_load(dir);
     cr_assert_eq(c->w.lm_head.dtype, PG_QI8, "the head is stored as QI8");
     cr_assert_eq(c->w.lm_head.group, 32);
     int vocab = m->cfg.vocab_size;
@@ -259,7 +252,7 @@ static void e_twice(cJSON *r, uint64_t dl) {
 }
 
 Test(quant_ckpt, hostile_headers) {
-    model *m = load_ok(FIX "gqa-bf16-tied");
+    model *m = te_load(FIX "gqa-bf16-tied");
     static const struct { hdr_edit f; size_t extra; int code; const char *want; } cases[] = {
         {e_no_format, 0, PG_EFORMAT, "peregrine-quant"},
         {e_version, 0, PG_EUNSUPPORTED, "version 2"},
@@ -300,7 +293,7 @@ static void e_add_min(cJSON *r, uint64_t dl) {
 }
 
 Test(quant_ckpt, hostile_int8_min_and_tokenizer) {
-    model *m = load_ok(FIX "gqa-bf16-tied");
+    model *m = te_load(FIX "gqa-bf16-tied");
     const char *dir = tmp_path("h8");
     write_ckpt(m, PG_QI8, 32, 1, dir);
     rewrite(dir, e_add_min, 128);
@@ -309,7 +302,7 @@ Test(quant_ckpt, hostile_int8_min_and_tokenizer) {
     /* a truncated tokenizer.gguf beside a good checkpoint */
     char gg[1024];
     if (!default_gguf(gg, sizeof gg)) return;
-    model *d = load_ok("default");
+    model *d = te_load("default");
     const char *dd = tmp_path("tok");
     write_ckpt(d, PG_QI8, 32, 1, dd);
     model_free(d);

@@ -224,8 +224,7 @@ int perplexity_main(int argc, char **argv) {
         snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " (lm head as stored)");
     /* the engine resolved --kv-cache auto; ask it what it holds */
     double kv_per_tok = (double)info.kv_bytes_per_token;
-    const char *kv = engine_kv_name(eo.kv);
-    if (eo.kv == KV_AUTO) kv = eo.device == ENGINE_DEVICE_CUDA ? "bf16" : "f32";
+    const char *kv = engine_kv_name(info.kv);
 
     if (a.json) {
         cJSON *j = cJSON_CreateObject();
