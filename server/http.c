@@ -511,12 +511,14 @@ static enum MHD_Result handle_health(http_conn *c) {
     return send_json(c, 200, "{\"status\":\"ok\"}");
 }
 
+static void metrics_gauges_from_sched(void *ctx, int *running, int *queued) {
+    sched_counts(ctx, running, queued);
+}
+
 static enum MHD_Result handle_metrics(http_conn *c) {
     srv_server *s = c->srv;
-    int running = 0, queued = 0;
-    if (s->sched) sched_counts(s->sched, &running, &queued);
     sbuf b = {0};
-    metrics_render(s->metrics, running, queued, &b);
+    metrics_render(s->metrics, s->sched ? metrics_gauges_from_sched : NULL, s->sched, &b);
     enum MHD_Result r = send_buf(c, 200, "text/plain; version=0.0.4", b.p, b.n);
     sbuf_free(&b);
     return r;

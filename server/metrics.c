@@ -121,30 +121,38 @@ static void hist_render(const histogram *h, const char *name, const char *help, 
                 (unsigned long long)h->total, name, h->sum, name, (unsigned long long)h->total);
 }
 
-void metrics_render(srv_metrics *m, int running, int queued, sbuf *out) {
+void metrics_render(srv_metrics *m, metrics_gauges_fn gauges, void *ctx, sbuf *out) {
+    /* Snapshot first, gauges second: see server_internal.h. The copy lets
+     * the gauges be read without m's mutex held, so the scheduler's lock
+     * (taken by sched_counts) never nests inside it. */
+    srv_metrics *c = pg_xmalloc(sizeof *c);
     pthread_mutex_lock(&m->mu);
+    memcpy(c, m, sizeof *c);
+    pthread_mutex_unlock(&m->mu);
+    int running = 0, queued = 0;
+    if (gauges) gauges(ctx, &running, &queued);
     sbuf_puts(out, "# HELP peregrine_requests_total HTTP requests answered, by endpoint and status.\n"
                    "# TYPE peregrine_requests_total counter\n");
-    for (int i = 0; i < m->n_series; i++)
-        sbuf_printf(out, "peregrine_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n", m->series[i].endpoint,
-                    m->series[i].status, (unsigned long long)m->series[i].n);
+    for (int i = 0; i < c->n_series; i++)
+        sbuf_printf(out, "peregrine_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n", c->series[i].endpoint,
+                    c->series[i].status, (unsigned long long)c->series[i].n);
     sbuf_printf(out, "# HELP peregrine_prompt_tokens_total Prompt tokens processed.\n"
                      "# TYPE peregrine_prompt_tokens_total counter\nperegrine_prompt_tokens_total %llu\n",
-                (unsigned long long)m->prompt_tokens);
+                (unsigned long long)c->prompt_tokens);
     sbuf_printf(out, "# HELP peregrine_generation_tokens_total Tokens generated.\n"
                      "# TYPE peregrine_generation_tokens_total counter\nperegrine_generation_tokens_total %llu\n",
-                (unsigned long long)m->gen_tokens);
+                (unsigned long long)c->gen_tokens);
     sbuf_printf(out, "# HELP peregrine_requests_cancelled_total Requests cancelled (client gone, shutdown).\n"
                      "# TYPE peregrine_requests_cancelled_total counter\nperegrine_requests_cancelled_total %llu\n",
-                (unsigned long long)m->cancelled);
-    hist_render(&m->ttft, "peregrine_time_to_first_token_seconds", "Time from request arrival to its first token.", out);
-    hist_render(&m->itl, "peregrine_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", out);
+                (unsigned long long)c->cancelled);
+    hist_render(&c->ttft, "peregrine_time_to_first_token_seconds", "Time from request arrival to its first token.", out);
+    hist_render(&c->itl, "peregrine_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", out);
     sbuf_printf(out, "# HELP peregrine_requests_running Requests holding a slot.\n"
                      "# TYPE peregrine_requests_running gauge\nperegrine_requests_running %d\n", running);
     sbuf_printf(out, "# HELP peregrine_requests_queued Requests waiting for a slot.\n"
                      "# TYPE peregrine_requests_queued gauge\nperegrine_requests_queued %d\n", queued);
     sbuf_printf(out, "# HELP peregrine_decode_tokens_per_second Decode rate of the last finished sequence.\n"
                      "# TYPE peregrine_decode_tokens_per_second gauge\nperegrine_decode_tokens_per_second %.3f\n",
-                m->decode_rate);
-    pthread_mutex_unlock(&m->mu);
+                c->decode_rate);
+    free(c);
 }

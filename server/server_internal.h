@@ -129,7 +129,14 @@ void metrics_ttft(srv_metrics *m, double seconds);
 void metrics_itl(srv_metrics *m, double seconds);
 void metrics_cancelled(srv_metrics *m);
 void metrics_decode_rate(srv_metrics *m, double tokens_per_s);
-void metrics_render(srv_metrics *m, int running, int queued, sbuf *out);
+/* Reads the running and queued gauges (e.g. sched_counts). */
+typedef void (*metrics_gauges_fn)(void *ctx, int *running, int *queued);
+/* Renders the counters as they were on entry, then asks gauges for the
+ * gauges. The order matters: a finishing request leaves the running gauge
+ * before it is counted as cancelled (sched.c, finish_and_notify), so a
+ * scrape that shows a request cancelled shows it no longer running. gauges may
+ * be NULL (both 0); it is called without m's mutex held. */
+void metrics_render(srv_metrics *m, metrics_gauges_fn gauges, void *ctx, sbuf *out);
 
 /* ---------------------------------------------------------------- sched.c */
 typedef enum { FINISH_NONE = 0, FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED, FINISH_ERROR } finish_reason;
