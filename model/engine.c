@@ -95,6 +95,9 @@ static int pick_backend(const engine_opts *o, const engine_backend **be, pg_err 
     }
     if (o->device != ENGINE_DEVICE_CUDA)
         return pg_errf(err, PG_EINVAL, "engine: unknown device %d", (int)o->device);
+    if (o->observe)
+        return pg_errf(err, PG_EUNSUPPORTED, "engine: observing the inputs of the matrices (calibration) "
+                                             "runs on the cpu device only");
 #if defined(PG_CUDA) && defined(PG_HAVE_ENGINE_CUDA)
     int n = engine_cuda_device_count();
     if (n <= 0)

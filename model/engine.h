@@ -41,6 +41,14 @@ typedef enum { KV_AUTO = -1, KV_F32 = 0, KV_BF16, KV_INT8 } kv_dtype;
  * INT8/INT4 re-quantize from the weights as loaded (dequantized exactly). */
 typedef enum { WQUANT_NONE = 0, WQUANT_BF16, WQUANT_INT8, WQUANT_INT4 } weight_quant;
 
+/* Where a forward pass hands the inputs of its matrices to an observer
+ * (engine_opts.observe, for calibrated quantization): the normed input of
+ * wq/wk/wv, the attention output (input of wo), the normed input of
+ * w_gate/w_up, and silu(gate) * up (input of w_down). */
+typedef enum { ENGINE_SITE_QKV = 0, ENGINE_SITE_O, ENGINE_SITE_GATE_UP, ENGINE_SITE_DOWN, ENGINE_SITES } engine_site;
+/* x: n token rows of `cols` f32 each (row-major), valid during the call only. */
+typedef void (*engine_observe_fn)(void *ctx, int layer, engine_site site, const float *x, int n, int cols);
+
 typedef struct {
     engine_device device;
     int      max_slots;     /* KV cache rows; 1 until batching lands */
@@ -59,6 +67,11 @@ typedef struct {
                                read per token). */
     int      use_graphs;    /* CUDA: capture decode in CUDA graphs (default 1) */
     int      gpu_id;
+    /* CPU only (NULL: off): called from the engine's thread for every layer
+     * and site of every forward chunk, in layer order, with the f32 inputs
+     * of the weights as the engine holds them (`peregrine quantize --calib`). */
+    engine_observe_fn observe;
+    void    *observe_ctx;
 } engine_opts;
 
 void engine_opts_default(engine_opts *o);

@@ -337,6 +337,7 @@ static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int 
     const model_config *c = &e->cfg;
     const model_weights *w = &st->qw.w;
     int dim = st->dim;
+    engine_observe_fn obs = e->opts.observe;
 
     /* segments of consecutive tokens of one row */
     int n_segs = 0;
@@ -360,6 +361,7 @@ static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int 
         const layer_weights *L = &w->layers[l];
         /* attention block */
         cpu_rmsnorm(st->xb, st->x, L->attn_norm.data, L->attn_norm.dtype, n, dim, c->norm_eps);
+        if (obs) obs(e->opts.observe_ctx, l, ENGINE_SITE_QKV, st->xb, n, dim);
         run_mm(st, st->xb, n, 3, &L->wq, st->q, &L->wk, st->k, &L->wv, st->v);
         for (int t = 0; t < n; t++) {
             const engine_row *r = &rows[st->tok_row[t]];
@@ -391,13 +393,16 @@ static void forward_chunk(engine *e, cpu_state *st, const engine_row *rows, int 
         cpu_job ja = {.st = st, .kind = JOB_ATTN, .segs = st->segs, .n_segs = n_segs,
                       .rows = rows, .layer = l};
         pool_run(st->pool, job_run, &ja, n_segs * st->nh);
+        if (obs) obs(e->opts.observe_ctx, l, ENGINE_SITE_O, st->att, n, st->q_dim);
         run_mm(st, st->att, n, 1, &L->wo, st->tmp, NULL, NULL, NULL, NULL);
         for (size_t i = 0; i < (size_t)n * dim; i++) st->x[i] += st->tmp[i];
         /* MLP block */
         cpu_rmsnorm(st->xb, st->x, L->ffn_norm.data, L->ffn_norm.dtype, n, dim, c->norm_eps);
+        if (obs) obs(e->opts.observe_ctx, l, ENGINE_SITE_GATE_UP, st->xb, n, dim);
         cpu_job jg = {.st = st, .kind = JOB_GATE_UP, .x = st->xb, .n = n, .n_w = 1,
                       .w = {&L->w_gate, &L->w_up, NULL}, .y = {st->hb, st->hb2, NULL}};
         pool_run(st->pool, job_run, &jg, plan_chunks(&jg, st->n_threads));   /* by gate rows */
+        if (obs) obs(e->opts.observe_ctx, l, ENGINE_SITE_DOWN, st->hb, n, st->hidden);
         run_mm(st, st->hb, n, 1, &L->w_down, st->tmp, NULL, NULL, NULL, NULL);
         for (size_t i = 0; i < (size_t)n * dim; i++) st->x[i] += st->tmp[i];
     }

@@ -70,6 +70,21 @@ int  quant_matrix(const tensor *src, pg_dtype to, int group, tensor *dst, void *
 int  quant_alloc(const tensor *src, pg_dtype to, int group, tensor *dst, void **mem,
                  pg_err *err);
 void quant_rows(const tensor *src, tensor *dst, int64_t r0, int64_t r1);
+/*
+ * The calibrated quantizer (`peregrine quantize --calib`, model/calib.h), QI4
+ * only: as quant_rows, but each group's scale and minimum minimise the
+ * weighted error sum_c imp[c] (w_c - dequantized w_c)^2, imp = importance of
+ * the input columns [cols] (NULL: exactly quant_rows, any format). Codes are
+ * the same function of the parameters as above (clamp(rintf(...))), so the
+ * format and its dequantization do not change. Candidates: the min/max
+ * parameters, and 81 code grids (15 + 0.1 k steps over [min, max], k = -40..40)
+ * each fitted by weighted least squares, then refitted once to the codes its
+ * rounded parameters give; the lowest weighted error wins, so it is never
+ * worse than min/max. Deterministic; about 10x the time of quant_rows (35 s
+ * for the default model on 2 cores). For int8 per channel the same fit
+ * measured no gain (bench/results/cpu.md), so int8 has none.
+ */
+void quant_rows_weighted(const tensor *src, tensor *dst, const float *imp, int64_t r0, int64_t r1);
 
 /*
  * GGUF blocks -> our layout without a round trip through floats:
@@ -152,6 +167,14 @@ int  quant_write_checkpoint(const model *m, const quant_weights *qw, const char 
 
 int  quant_weights_make(const model *m, pg_dtype to, int group, int lm_head, struct pg_pool *pool,
                         quant_weights *out, pg_err *err);
+/* quant_weights_make with calibration (model/calib.h): every layer matrix is
+ * quantized with quant_rows_weighted and the importance of its site's input
+ * columns (NULL calib: = quant_weights_make). With calib, to must be PG_QI4.
+ * Sources already in the target format are re-quantized too, not borrowed.
+ * The LM head (lm_head = 1) is not calibrated. */
+struct calib_stats;
+int  quant_weights_make_calib(const model *m, pg_dtype to, int group, int lm_head, const struct calib_stats *calib,
+                              struct pg_pool *pool, quant_weights *out, pg_err *err);
 void quant_weights_free(quant_weights *qw);
 
 #endif

@@ -12,12 +12,17 @@ their differences are paired:
   int8 weights + LM head   the same with --quant-lm-head (the head re-quantized too)
   int4 g32/g64/g128 weights  --quant int4 --group-size N (LM head as stored, auto)
   int8 KV        --kv-cache int8 (baseline weights)
+  int4 g128 calibrated  `peregrine quantize --quant int4 --group-size 128
+                 --calib CALIB` into a checkpoint, then that checkpoint: group
+                 parameters weighted by the input activations seen on CALIB,
+                 other license texts (never the text scored here)
 Gates (issue: weight-only int8/int4 and a quantized KV cache):
-  int8 weights <= +0.5%, int8 KV <= +0.5%, int4 g128 <= +5% perplexity;
-the others are printed, not gated. int4 g128 misses its gate on this model
-(measured; see the xfail reason below) and is marked as a known failure,
-strictly: it is still run and reported every time. The whole text at the
-model's context and bf16 KV are in bench/results/cpu.md.
+  int8 weights <= +0.5%, int8 KV <= +0.5%, int4 g128 <= +5% perplexity
+  (round to nearest and calibrated, each on its own);
+the others are printed, not gated. A gate this model misses is marked as a
+known failure (see the xfail reasons below), strictly: it is still run and
+reported every time. The whole text at the model's context and bf16 KV are in
+bench/results/cpu.md.
 
 Cost: GATE_TOKENS tokens x 7 configurations of CPU prefill with the LM head
 on every token; see bench/results/cpu.md for the measured time.
@@ -33,6 +38,9 @@ import pytest
 from peregrine_server import BIN, MODEL
 
 TEXT = "/usr/share/common-licenses/GPL-3"
+# Calibration text for the calibrated int4 checkpoint: license texts other
+# than the GPL family, so that no sentence of TEXT is seen before scoring.
+CALIB_TEXTS = ["Apache-2.0", "MPL-2.0", "Artistic", "GFDL-1.3", "BSD", "CC0-1.0"]
 
 
 def sanitized(binary):
@@ -59,14 +67,15 @@ CONFIGS = [
     ("int4 g128 weights", ["--quant", "int4", "--group-size", "128"]),
     ("int8 KV", ["--kv-cache", "int8"]),
 ]
-GATES = {"int8 weights": 0.5, "int8 KV": 0.5, "int4 g128 weights": 5.0}   # max % over baseline
+CALIBRATED = "int4 g128 calibrated"
+GATES = {"int8 weights": 0.5, "int8 KV": 0.5, "int4 g128 weights": 5.0, CALIBRATED: 5.0}   # max % over baseline
 
 need_model = pytest.mark.skipif(not os.path.exists(MODEL), reason="default model not fetched (make model)")
 
 
-def run_ppl(*args, timeout=600):
+def run_ppl(*args, model=MODEL, timeout=600):
     """The JSON result of one run, or the error text when the run fails."""
-    p = subprocess.run([BIN, "perplexity", "--model", MODEL, "--device", "cpu", "--threads", "2", "--json", *args],
+    p = subprocess.run([BIN, "perplexity", "--model", model, "--device", "cpu", "--threads", "2", "--json", *args],
                        capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         return p.stderr.strip() or f"exit status {p.returncode}"
@@ -83,6 +92,28 @@ def test_cli_errors():
     for opt in ["--model", "--file", "--ctx", "--max-tokens", "--quant", "--group-size", "--no-quant-lm-head",
                 "--kv-cache", "--device", "--threads", "--json"]:
         assert opt in p.stdout, opt
+
+
+def test_quantize_calib_errors(tmp_path):
+    """--calib is int4 only, needs a number of tokens, and a readable text."""
+    cases = [(["--quant", "int8", "--calib", TEXT], "int4"),
+             (["--quant", "int4", "--calib", TEXT, "--calib-tokens", "x"], "--calib-tokens"),
+             (["--quant", "int4", "--calib", TEXT, "--calib-tokens", "8"], "at least 16"),
+             (["--quant", "int4", "--calib"], "needs a value")]
+    for args, want in cases:
+        p = subprocess.run([BIN, "quantize", MODEL, str(tmp_path / "out"), *args], capture_output=True, text=True,
+                           timeout=30)
+        assert p.returncode == 2 and want in p.stderr, (args, p.returncode, p.stderr)
+    p = subprocess.run([BIN, "quantize", "--help"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "--calib-tokens" in p.stdout and "--calib-ctx" in p.stdout
+
+
+@need_model
+def test_quantize_calib_missing_text_is_an_error(tmp_path):
+    p = subprocess.run([BIN, "quantize", MODEL, str(tmp_path / "out"), "--quant", "int4", "--calib",
+                        "/nonexistent/text", "--threads", "2"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "/nonexistent/text" in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @need_model
@@ -107,8 +138,24 @@ def test_generate_with_each_kv_cache():
     assert out["bf16"] == out["f32"] and out["int8"] == out["f32"], out
 
 
+def calibrated_checkpoint(tmp):
+    """`peregrine quantize --calib` of the default model into tmp/ckpt; returns
+    (path, None) or (None, error text)."""
+    calib = tmp / "calib.txt"
+    parts = [os.path.join("/usr/share/common-licenses", n) for n in CALIB_TEXTS]
+    calib.write_bytes(b"".join(open(f, "rb").read() for f in parts if os.path.exists(f)))
+    out = tmp / "ckpt"
+    p = subprocess.run([BIN, "quantize", MODEL, str(out), "--quant", "int4", "--group-size", "128", "--calib",
+                        str(calib), "--calib-tokens", "512" if SAN else "4096", "--threads", "2"],
+                       capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        return None, p.stderr.strip() or f"exit status {p.returncode}"
+    print(p.stdout)
+    return str(out), None
+
+
 @pytest.fixture(scope="module")
-def gate():
+def gate(tmp_path_factory):
     """Run every configuration once; returns ({name: JSON result or error text}, report)."""
     if not os.path.exists(MODEL):
         pytest.skip("default model not fetched (make model)")
@@ -116,8 +163,11 @@ def gate():
         pytest.skip(TEXT + " not present")
     res = {}
     t0 = time.time()
+    span = ("--file", TEXT, "--max-tokens", str(GATE_TOKENS), "--ctx", str(GATE_CTX))
     for name, args in CONFIGS:
-        res[name] = run_ppl("--file", TEXT, "--max-tokens", str(GATE_TOKENS), "--ctx", str(GATE_CTX), *args)
+        res[name] = run_ppl(*span, *args)
+    ckpt, why = calibrated_checkpoint(tmp_path_factory.mktemp("calib"))
+    res[CALIBRATED] = run_ppl(*span, model=ckpt) if ckpt else why
     wall = time.time() - t0
     base = res["baseline"]
     assert not isinstance(base, str), base
@@ -156,7 +206,7 @@ def test_gate_runs_are_paired(gate):
         if isinstance(r, str):
             continue
         assert r["tokens_used"] == base["tokens_used"] and r["tokens_scored"] == base["tokens_scored"], (name, r)
-    for name in ("int8 weights", "int8 + LM head", "int4 g32 weights", "int4 g64 weights", "int8 KV"):
+    for name in ("int8 weights", "int8 + LM head", "int4 g32 weights", "int4 g64 weights", "int8 KV", CALIBRATED):
         assert not isinstance(res[name], str), f"{name} did not run: {res[name]}"
 
 
@@ -187,3 +237,20 @@ def test_gate_int8_weights(gate):
                    "does not tolerate (int4 g32 re-quantizes the Q4_1 matrices exactly)")
 def test_gate_int4_g128_weights(gate):
     check_gate(gate, "int4 g128 weights")
+
+
+def test_calibration_beats_round_to_nearest(gate):
+    """`peregrine quantize --calib` (activation-weighted group fit, model/calib.h)
+    must stay far better than round to nearest on this model: measured +7.13%
+    against +38.3% (4096 tokens)."""
+    if SAN:
+        pytest.skip(f"SAN build: {GATE_TOKENS} tokens are too few; the plain build asserts it")
+    d, d_rtn = delta(gate, CALIBRATED), delta(gate, "int4 g128 weights")
+    assert d < d_rtn / 3, f"calibrated {d:+.3f}% vs round to nearest {d_rtn:+.3f}%\n{gate[1]}"
+
+
+@pytest.mark.xfail(strict=True, reason="measured +7.13% on 4096 tokens (2026-12-01, 4096 calibration tokens): "
+                   "calibrated group parameters recover most of round to nearest's +38.3%, not all of it "
+                   "(bench/results/cpu.md, 'calibrated int4')")
+def test_gate_int4_g128_calibrated(gate):
+    check_gate(gate, CALIBRATED)
