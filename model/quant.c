@@ -66,13 +66,6 @@ static inline int i4_code(float w, float sf, float mf) {
     return (int)fminf(fmaxf(v, 0.f), 15.f);
 }
 
-/* The dequantized value of code c (quant.h: the product rounded to f32,
- * then the add; kept as two statements so that no FMA contracts them). */
-static inline float i4_value(int c, float sf, float mf) {
-    float p = sf * (float)c;
-    return p + mf;
-}
-
 static void i8_params(const float *w, int n, uint16_t *s16) {
     float a = 0.f;
     for (int i = 0; i < n; i++) a = fmaxf(a, fabsf(w[i]));
@@ -105,11 +98,11 @@ static double i4_werr(const float *w, const float *imp, int n, uint16_t s16, uin
     float acc[8] = {0}, cf[8];
     for (int i = 0; i < n; i += 8) {
 #pragma GCC unroll 8
-        for (int k = 0; k < 8; k++) {   /* = i4_code and i4_value for sf > 0, in float */
+        for (int k = 0; k < 8; k++) {   /* = i4_code for sf > 0, in float */
             float c = rintf((w[i + k] - mf) / sf);
             c = c < 0.f ? 0.f : c;
             c = c > 15.f ? 15.f : c;
-            float p = sf * c;
+            float p = sf * c;   /* dequantized as quant.h says: the product rounded, then the add */
             float d = (p + mf) - w[i + k];
             acc[k] += imp[i + k] * d * d;
             cf[k] = c;
@@ -166,12 +159,12 @@ static void i4_params_weighted(const float *w, const float *imp, int n, uint16_t
         for (int i = 0; i < n; i += 8) {
             float cf[8];
 #pragma GCC unroll 8
-            for (int k = 0; k < 8; k++) {
-                float c = rintf(iscale * (w[i + k] - lo));
+            for (int t = 0; t < 8; t++) {
+                float c = rintf(iscale * (w[i + t] - lo));
                 c = c < 0.f ? 0.f : c;
-                cf[k] = c > 15.f ? 15.f : c;
+                cf[t] = c > 15.f ? 15.f : c;
             }
-            for (int k = 0; k < 8; k++) q[i + k] = (uint8_t)cf[k];
+            for (int t = 0; t < 8; t++) q[i + t] = (uint8_t)cf[t];
         }
         double s, m;
         if (!i4_lsq(w, imp, q, n, &s, &m)) continue;
