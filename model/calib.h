@@ -17,7 +17,8 @@
  *
  * Tried and not kept (bench/results/cpu.md): GPTQ (full x x^T statistics,
  * error compensation across columns) made int4 g128 worse than round to
- * nearest on this model; the unweighted least-squares fit too.
+ * nearest on this model; the unweighted least-squares fit too; AWQ-style
+ * column scaling on top of the weighted fit made it worse than the fit alone.
  *
  * Units: sums in f64, per (layer, site) one value per input column:
  * n_layers * (3 dim + hidden_dim) doubles (0.8 MB for the default model).
