@@ -7,8 +7,8 @@ struct calib_stats {
     int      n_layers;
     int      cols[ENGINE_SITES];
     double  *sq[ENGINE_SITES];     /* [n_layers][cols]: sum over tokens of x_c^2 */
-    int64_t  n[ENGINE_SITES];      /* tokens seen per site (at layer 0; every layer sees the same) */
-    int64_t  n_tokens;
+    int64_t  n_tokens;             /* tokens seen: counted at layer 0, site QKV; every layer and site
+                                      sees the same tokens (engine_opts.observe) */
     int      paused;
 };
 
@@ -47,14 +47,13 @@ void calib_observe(void *ctx, int layer, engine_site site, const float *x, int n
         const float *xt = x + (size_t)t * cols;
         for (int c = 0; c < cols; c++) sq[c] += (double)xt[c] * xt[c];
     }
-    if (layer == 0) s->n[site] += n;
     if (layer == 0 && site == ENGINE_SITE_QKV) s->n_tokens += n;
 }
 
 void calib_importance(const calib_stats *s, int layer, engine_site site, float *imp, int cols) {
     PG_ASSERT(layer >= 0 && layer < s->n_layers && site >= 0 && site < ENGINE_SITES && cols == s->cols[site]);
     const double *sq = s->sq[site] + (size_t)layer * cols;
-    double n = s->n[site] > 0 ? (double)s->n[site] : 1.0, mean = 0;
+    double n = s->n_tokens > 0 ? (double)s->n_tokens : 1.0, mean = 0;
     for (int c = 0; c < cols; c++) mean += sq[c] / n / cols;
     for (int c = 0; c < cols; c++) imp[c] = (float)(sq[c] / n + CALIB_IMP_FLOOR * mean);
 }

@@ -36,6 +36,14 @@ double ppl_token_nll(const float *logits, int vocab, int target) {
     return log(sum) + mx - (double)logits[target];
 }
 
+int ppl_window(const int32_t *ids, int64_t n, int64_t i0, int ctx, int bos, int32_t *win) {
+    int per = ppl_window_text(ctx, bos), len = 0;
+    int nt = n - i0 < per ? (int)(n - i0) : per;
+    if (bos >= 0) win[len++] = bos;
+    memcpy(win + len, ids + i0, (size_t)nt * sizeof *win);
+    return len + nt;
+}
+
 int ppl_score(engine *e, const int32_t *ids, int64_t n, int ctx, int bos, int step,
               ppl_result *out, pg_err *err) {
     memset(out, 0, sizeof *out);
@@ -46,18 +54,14 @@ int ppl_score(engine *e, const int32_t *ids, int64_t n, int ctx, int bos, int st
                        ctx, info.max_seq_len);
     if (step < 1) step = PPL_STEP;
     int vocab = info.vocab_size;
-    int text_per_win = bos >= 0 ? ctx - 1 : ctx;   /* text tokens per window */
+    int text_per_win = ppl_window_text(ctx, bos);
     int32_t *win = pg_xmalloc((size_t)ctx * sizeof *win);
     float *logits = pg_xmalloc((size_t)vocab * sizeof *logits);
     sampler_params sp;
     sampler_params_default(&sp);
     int rc = PG_OK;
     for (int64_t i0 = 0; i0 < n; i0 += text_per_win) {
-        int nt = n - i0 < text_per_win ? (int)(n - i0) : text_per_win;
-        int len = 0;
-        if (bos >= 0) win[len++] = bos;
-        memcpy(win + len, ids + i0, (size_t)nt * sizeof *win);
-        len += nt;
+        int len = ppl_window(ids, n, i0, ctx, bos, win);
         if (len < 2) break;   /* a lone last token without BOS: nothing to score */
         rc = engine_slot_reset(e, 0, &sp, err);
         if (rc) break;

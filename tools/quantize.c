@@ -66,16 +66,12 @@ static int calibrate(const model *m, const char *path, int64_t n_max, int ctx, i
         rc = engine_create(m, &eo, &e, err);
     }
     int64_t n = n_ids < n_max ? n_ids : n_max;
-    int bos = m->tok && tok_add_bos(m->tok) ? tok_bos_id(m->tok) : -1;
-    int per_win = bos >= 0 ? ctx - 1 : ctx;
+    int bos = tok_add_bos(m->tok) ? tok_bos_id(m->tok) : -1;
     win = pg_xmalloc((size_t)ctx * sizeof *win);
     sampler_params sp;
     sampler_params_default(&sp);
-    for (int64_t i0 = 0; !rc && i0 < n; i0 += per_win) {
-        int nt = n - i0 < per_win ? (int)(n - i0) : per_win, k = 0;
-        if (bos >= 0) win[k++] = bos;
-        memcpy(win + k, ids + i0, (size_t)nt * sizeof *win);
-        k += nt;
+    for (int64_t i0 = 0; !rc && i0 < n; i0 += ppl_window_text(ctx, bos)) {
+        int k = ppl_window(ids, n, i0, ctx, bos, win);   /* the windows perplexity scores */
         rc = engine_slot_reset(e, 0, &sp, err);
         engine_row row = {.slot = 0, .tokens = win, .n_tokens = k, .pos = 0, .sample = 0};
         if (!rc) rc = engine_step(e, &row, 1, NULL, err);

@@ -44,6 +44,13 @@ typedef struct {
 /* -log softmax(logits)[target], in f64 with the max subtracted. */
 double ppl_token_nll(const float *logits, int vocab, int target);
 
+/* Window i0 of text ids[0..n): with bos >= 0, bos then the next ctx-1 text
+ * tokens from i0, else the next ctx; fewer at the end. Written to win[ctx];
+ * returns its length. ppl_score and `peregrine quantize --calib` both cut
+ * text this way, stepping i0 by ppl_window_text(ctx, bos). */
+int ppl_window(const int32_t *ids, int64_t n, int64_t i0, int ctx, int bos, int32_t *win);
+static inline int ppl_window_text(int ctx, int bos) { return bos >= 0 ? ctx - 1 : ctx; }
+
 /* Score text ids[0..n) in non-overlapping windows of ctx tokens on slot 0 of
  * e (max_seq_len >= ctx): with bos >= 0 each window is bos + ctx-1 text
  * tokens, else ctx text tokens; the last window takes what is left. Every
