@@ -1,264 +1,430 @@
 /*
  * kernels/cuda/gemv_quant.cu — decode matrix-vector products y = W x for
  * weights in Peregrine's quantized formats (PG_QI8, PG_QI4; device layout in
- * kernels_cuda.h), 1..8 activation columns at a time, plus the fused SwiGLU
- * form (gate row r and up row H + r in one warp, y = silu(g) * u).
+ * kernels_cuda.h), 1..8 activation columns per pass, on the tensor cores
+ * (mma.sync m16n8k16, f16 inputs, f32 accumulation), plus the fused SwiGLU
+ * form (gate row r and up row R + r in one tile, y = silu(g) * u).
  *
- * The product is a stream of weight bytes, so the kernel is built around the
- * load: each lane issues U independent 16-byte loads per row
- * (ld.global.nc.L1::no_allocate, as gemv.cu) before any arithmetic; a
- * 16-byte unit is 16 int8 or 32 int4 elements and lies inside one group,
- * so it needs one f16 scale (QI8) or one {scale, min} word (QI4).
+ * Why tensor cores at batch 1: an f32-FMA kernel (this file's previous
+ * version, measured in bench/results/h200.md) spends three to four
+ * instructions per weight (place the bits in a float, subtract the bias, FMA,
+ * plus x from shared memory) and tops out near 3.5e12 weights/s on an H200:
+ * 47% of the memory bandwidth for int4. Here an int4 weight costs ~1.6
+ * instructions (one LOP3 per two weights, two packed f16 ops per two weights)
+ * and the multiply-adds go to the tensor cores; the 7/8 of each mma that has
+ * no column to work on (B has 8 columns, decode has 1) costs nothing we lack,
+ * and batches of 2..8 columns cost about the same as one.
  *
- * Dequantization in registers, with no conversion instructions and no
- * per-element branches (the int->float converters run at a fraction of the
- * FMA rate on this hardware):
- *   int8: w ^ 0x80808080 makes each byte q + 128 (unsigned); a byte permute
- *         (prmt) places it in the low mantissa byte of 2^23, so the word
- *         reads as the float 2^23 + 128 + q; one FADD leaves q exactly.
- *   int4: the nibble at bits 4p..4p+3 of a word is masked in place and OR'ed
- *         (one LOP3) with the exponent of 2^(23-4p), whose mantissa unit is
- *         2^-4p: the word reads as 2^(23-4p) + q; one FADD leaves q exactly.
- *         Nibbles 0..3 come from the word, 4..7 from the word >> 16.
- * Then f32 FMAs with x. Per 16-byte unit and column the partial dot d = q.x
- * is scaled once: QI8 y += s*d; QI4 y += s*d + m*sum(x over the unit), where
- * the sums of x over every 32-element unit are computed once per block into
- * shared memory (they do not depend on the row). Accumulation is fp32 with a
- * fixed order (graph replay == eager).
- * x is copied once per block into shared memory (coalesced, ordinary loads,
- * never .nc: under programmatic dependent launch the kernel starts while the
- * producer of x may still run, gemv.cu), padded so that the lanes' reads of
- * their units are free of bank conflicts (qg_pad). A block is 8 warps, so
- * that copy serves 8-16 rows.
+ * Layout: the canonical QI8/QI4 layout, no reordering. A warp computes a tile
+ * of 16 rows (SwiGLU: 8 gate rows and their 8 up rows) over chunks of 64
+ * bytes per row (128 int4 or 64 int8 columns). Lane (g = lane / 4,
+ * t = lane % 4) takes 16 bytes of row g and 16 of row g + 8 at byte 16 t of
+ * the chunk: exactly the rows of its A fragment. The columns its k-slots
+ * stand for are permuted (a dot product does not care about the order of k
+ * as long as A and B agree): within the 8 columns of an int4 word the nibbles
+ * pair up as (0,4) (1,5) (2,6) (3,7), and x is staged in shared memory in
+ * that same order, so one 16-byte shared load gives the B fragments of two
+ * mmas. B column n is x column n.
+ *
+ * Dequantization into f16 pairs with no conversion instructions:
+ *   int4: (w & 0x000f000f) | 0x64006400 (one LOP3) is the f16 pair
+ *         (1024 + q0, 1024 + q4); the mask 0x00f000f0 gives (1024 + 16 q1,
+ *         ...), and w >> 8 the other two pairs. One HSUB2 (or HFMA2 by 1/16,
+ *         -64) leaves q exactly, one HFMA2 makes w = s*q + m with the group's
+ *         f16 scale and minimum as stored. Lane t's 32 columns of a chunk lie
+ *         in one group (group >= 32).
+ *   int8: w ^ 0x80808080 makes each byte q + 128; a byte permute (prmt) puts
+ *         two bytes under the f16 exponent of 1024; one HSUB2 of 1152 leaves q
+ *         exactly. A per-output-channel scale multiplies the f32 result, a
+ *         grouped one (GGUF Q8_0 -> QI8 g32) the f16 q by one HMUL2.
+ * Numerics: s*q + m is rounded once to f16 (relative 2^-11); x is rounded to
+ * f16 after scaling each column by a power of two that keeps its largest
+ * magnitude below 2^15 (exact, undone on the f32 result: activations of real
+ * models reach the thousands, f16 ends at 65504); products and sums are f32.
+ * Against ref_matmul_q (f32) that is ~5e-4 relative on random data
+ * (tests/test_quant_cuda.c bounds it by 3e-3; DESIGN.md allows 1e-2). Every
+ * sum has a fixed order: graph replay == eager.
+ *
+ * Work split and pipeline: persistent blocks of QG_WARPS warps. Block b owns
+ * the outputs [R b / G, R (b + 1) / G) of R (G blocks: balanced to a row, not
+ * to a tile; fragment rows past the block's last output re-read that last row
+ * (an L2 hit) and are never stored), walked in tiles. The warps of a block
+ * split each row's chunks (warp w takes chunks w, w + W, ...: together a
+ * contiguous 64 W bytes of each row), add their partial tiles in shared
+ * memory in warp order, and one thread per (output, column) stores. Weight
+ * bytes travel global -> shared memory by cp.async, QG_STAGES chunks ahead
+ * per warp, across tile boundaries; each lane copies exactly the 16-byte
+ * pieces (and scale words) of its own fragments and reads them back itself,
+ * so a per-thread cp.async.wait_group is all the pipeline needs, and no
+ * register is held while bytes are in flight.
  * CPU twin: ref_matmul_q (kernels/kernels.h) on the same quantized weights,
  * ref_silu_mul for the SwiGLU form.
  */
 #include "kc_util.cuh"
 
 #define QG_WARPS 8
+#define QG_STAGES 6            // chunks in flight per warp (6 x 1 KB of weights)
+#define QG_STAGE_BYTES 1280   // per warp and chunk: 2 x 512 (rows g, g + 8) + 2 x 128 (scale words)
 
-// int8 byte T of a word already XOR'ed with 0x80808080 -> exact float q.
-template <int T>
-__device__ __forceinline__ float qg_i8(uint32_t wx)
+__device__ __forceinline__ uint32_t qg_u(__half2 h) { return *reinterpret_cast<uint32_t *>(&h); }
+__device__ __forceinline__ __half2 qg_h(uint32_t u) { return *reinterpret_cast<__half2 *>(&u); }
+
+// c += A B for one 16x16 (A, row-major) by 16x8 (B, column-major) f16 tile, f32 accumulation
+__device__ __forceinline__ void qg_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1)
 {
-    return __uint_as_float(__byte_perm(wx, 0x4B000000u, 0x7540u | T)) - 8388736.f;   // 2^23 + 128
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-// nibble P (0..3) of a word -> exact float q.
-template <int P>
-__device__ __forceinline__ float qg_i4(uint32_t w)
+
+// (a & MASK) | c in one LOP3: c comes in a register, because a LOP3 takes one
+// immediate and the compiler otherwise spends an AND and an OR
+template <uint32_t MASK>
+__device__ __forceinline__ uint32_t qg_and_or(uint32_t a, uint32_t c)
 {
-    constexpr uint32_t EXP = (uint32_t)(150 - 4 * P) << 23;
-    constexpr float BIAS = (float)(1u << (23 - 4 * P));
-    return __uint_as_float((w & (0xFu << (4 * P))) | EXP) - BIAS;
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "n"(MASK), "r"(c));
+    return r;
 }
 
-// x lives in shared memory with 4 floats of padding after every 32: lane l
-// reads the 16 bytes at element 16l + 4k (int8) or 32l + 8k (int4) of its
-// unit, and with the padding the 8 lanes served per cycle by a 16-byte
-// shared load hit 8 different groups of 4 banks (no conflicts). Straight
-// from global memory through L1, the same loads touch 16 or 32 cache lines
-// per warp instruction, which capped these kernels at a few hundred GB/s.
-__device__ __forceinline__ int qg_pad(int i) { return i + ((i >> 5) << 2); }
-__host__ __device__ __forceinline__ int qg_padded_cols(int cols) { return cols + (cols >> 5) * 4 + 4; }
-
-/*
- * FMT 0 = QI8, 1 = QI4. N columns of x. MODE 0: a warp computes a group of
- * RW consecutive rows; MODE 1 (SwiGLU): W has 2*rows rows, a group is gate
- * row g and up row rows + g (RW must be 2). U: 16-byte units per lane per row
- * in one batch of loads. ush: log2(units per group), or -1 for one group per
- * row (the parameter index of unit i of row r is r * groups_per_row +
- * (i >> ush): no integer division in the loop).
- * Persistent warps: warp w takes row groups w, w + (warps in the grid), ...
- * and walks their batches in order, double-buffered: the loads of the next
- * batch (of this row group or the next one) are in flight while the current
- * one is computed, so the weight stream never waits for the arithmetic.
- * Dynamic shared memory: x [N][qg_padded_cols(cols)] floats, then (QI4) the
- * sums of x over each 32-element unit [N][cols/32]; staged once per block.
- */
-template <int U, int RW>
-struct QgBuf {
-    uint4 v[U][RW];
-    uint32_t sc[U][RW];
-};
-
-template <int FMT, int N, int MODE, int RW, int U>
-__global__ void __launch_bounds__(QG_WARPS * 32)
-gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int rows, int cols, int ush,
-              const float *x, float *__restrict__ y)
+// int4 word (element j of 8 at bits 4j) -> f16 pairs w = s*q + m:
+// p[0] = (j0, j4), p[1] = (j1, j5), p[2] = (j2, j6), p[3] = (j3, j7).
+// magic = 0x64006400, held in a register by the caller.
+__device__ __forceinline__ void qg_deq4(uint32_t w, uint32_t magic, __half2 s, __half2 m, uint32_t (&p)[4])
 {
-    constexpr int E = FMT ? 32 : 16;   // elements per 16-byte unit
-    extern __shared__ float4 qg_smem[];
-    float *xs = (float *)qg_smem;
-    const int pc = qg_padded_cols(cols);
-    float *xsum = xs + N * pc;
+    const __half2 k1024 = qg_h(0x64006400u), k16th = qg_h(0x2c002c00u), km64 = qg_h(0xd400d400u);
+    const uint32_t w8 = w >> 8;
+    const __half2 q0 = __hsub2(qg_h(qg_and_or<0x000f000fu>(w, magic)), k1024);
+    const __half2 q1 = __hfma2(qg_h(qg_and_or<0x00f000f0u>(w, magic)), k16th, km64);
+    const __half2 q2 = __hsub2(qg_h(qg_and_or<0x000f000fu>(w8, magic)), k1024);
+    const __half2 q3 = __hfma2(qg_h(qg_and_or<0x00f000f0u>(w8, magic)), k16th, km64);
+    p[0] = qg_u(__hfma2(q0, s, m));
+    p[1] = qg_u(__hfma2(q1, s, m));
+    p[2] = qg_u(__hfma2(q2, s, m));
+    p[3] = qg_u(__hfma2(q3, s, m));
+}
+
+// int8 word (element j at byte j) -> f16 pairs of q: p[0] = (j0, j1), p[1] = (j2, j3)
+__device__ __forceinline__ void qg_deq8(uint32_t w, uint32_t (&p)[2])
+{
+    const __half2 k1152 = qg_h(0x64806480u);   // 1024 + 128
+    const uint32_t wx = w ^ 0x80808080u;
+    p[0] = qg_u(__hsub2(qg_h(__byte_perm(wx, 0x64646464u, 0x4140)), k1152));
+    p[1] = qg_u(__hsub2(qg_h(__byte_perm(wx, 0x64646464u, 0x4342)), k1152));
+}
+
+// One 64-byte chunk of a lane's two fragment rows (v0: row g, v1: row g + 8,
+// with their scale words) against the B fragments at xp: 8 (int4) or 4
+// (int8) mmas, alternating between two accumulator chains (shorter
+// dependency chains through the tensor pipe).
+template <int FMT, int PERCH>
+__device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, const uint4 &v1, uint32_t sc0,
+                                         uint32_t sc1, const uint4 *xp, uint32_t magic)
+{
+    if constexpr (FMT == 1) {
+        const __half2 s0 = qg_h(__byte_perm(sc0, 0, 0x1010)), m0 = qg_h(__byte_perm(sc0, 0, 0x3232));
+        const __half2 s1 = qg_h(__byte_perm(sc1, 0, 0x1010)), m1 = qg_h(__byte_perm(sc1, 0, 0x3232));
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uint4 xv = xp[k];
+            uint32_t pa[4], pb[4];
+            qg_deq4(k == 0 ? v0.x : k == 1 ? v0.y : k == 2 ? v0.z : v0.w, magic, s0, m0, pa);
+            qg_deq4(k == 0 ? v1.x : k == 1 ? v1.y : k == 2 ? v1.z : v1.w, magic, s1, m1, pb);
+            qg_mma(c[0], pa[0], pb[0], pa[1], pb[1], xv.x, xv.y);
+            qg_mma(c[1], pa[2], pb[2], pa[3], pb[3], xv.z, xv.w);
+        }
+    } else {
+        __half2 s0 = qg_h(0x3c003c00u), s1 = s0;   // 1.0
+        if constexpr (!PERCH) {
+            s0 = qg_h(__byte_perm(sc0, 0, 0x1010));
+            s1 = qg_h(__byte_perm(sc1, 0, 0x1010));
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint4 xv = xp[h];
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++) {
+                const int k = 2 * h + kk;
+                uint32_t pa[2], pb[2];
+                qg_deq8(k == 0 ? v0.x : k == 1 ? v0.y : k == 2 ? v0.z : v0.w, pa);
+                qg_deq8(k == 0 ? v1.x : k == 1 ? v1.y : k == 2 ? v1.z : v1.w, pb);
+                if constexpr (!PERCH) {
+                    pa[0] = qg_u(__hmul2(qg_h(pa[0]), s0)); pa[1] = qg_u(__hmul2(qg_h(pa[1]), s0));
+                    pb[0] = qg_u(__hmul2(qg_h(pb[0]), s1)); pb[1] = qg_u(__hmul2(qg_h(pb[1]), s1));
+                }
+                qg_mma(c[kk], pa[0], pb[0], pa[1], pb[1], kk ? xv.z : xv.x, kk ? xv.w : xv.y);
+            }
+        }
+    }
+}
+
+// x [N][cols] f32 (global) -> xs [N][kp] f16 (shared, zero past cols), each
+// column scaled by 2^-e so that |x| < 2^15; xsc[n] = 2^e for the epilogue.
+// QI4 in the nibble-pair order of qg_deq4. One pass for the column maxima
+// (warp partials in part[N][QG_WARPS]), one barrier, one pass that converts
+// (x is then in L1), one barrier.
+template <int FMT>
+__device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int kp, __half *xs, float *xsc,
+                                           float *part)
+{
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int gw = gridDim.x * QG_WARPS;
-    const int ngr = MODE == 1 ? rows : (rows + RW - 1) / RW;   // row groups
-    const int nu = cols / E, ng = ush < 0 ? 1 : nu >> ush;
-    const int nb = (nu + 32 * U - 1) / (32 * U);                // batches per row group
-    const size_t rowb = FMT ? (size_t)cols / 2 : (size_t)cols;
-    kc_pdl_trigger();
-
-    // row j of group g (MODE 0: clamped, so a short last group loads valid rows it never stores)
-    auto row_of = [&](int g, int j) { return MODE == 1 ? g + j * rows : min(g * RW + j, rows - 1); };
-    auto load = [&](QgBuf<U, RW> &B, int g, int b) {
-        if (g >= ngr) return;
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int i = b * 32 * U + u * 32 + lane;
-            if (i < nu) {
-#pragma unroll
-                for (int j = 0; j < RW; j++) {
-                    const int r = row_of(g, j);
-                    B.v[u][j] = kc_ld_stream((const uint4 *)(q + (size_t)r * rowb) + i);
-                    const int gi = ush < 0 ? r : r * ng + (i >> ush);
-                    B.sc[u][j] = FMT ? __ldg((const uint32_t *)sp + gi) : __ldg((const uint16_t *)sp + gi);
-                }
-            }
+    for (int n = 0; n < N; n++) {
+        float mx = 0.f;
+        for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {
+            const float4 a = *(const float4 *)(x + (size_t)n * cols + c);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(a.z), fabsf(a.w))));
         }
-    };
-    float acc[RW][N];
-#pragma unroll
-    for (int j = 0; j < RW; j++)
-#pragma unroll
-        for (int n = 0; n < N; n++) acc[j][n] = 0.f;
-
-    auto compute = [&](const QgBuf<U, RW> &B, int g, int b) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int i = b * 32 * U + u * 32 + lane;
-            if (i >= nu) break;
-            const float *xi = xs + qg_pad(i * E);   // a unit never crosses a padding point
-            float d[RW][N];
-#pragma unroll
-            for (int j = 0; j < RW; j++)
-#pragma unroll
-                for (int n = 0; n < N; n++) d[j][n] = 0.f;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {   // the four 32-bit words of the unit
-                if constexpr (FMT == 0) {
-                    float wv[RW][4];
-#pragma unroll
-                    for (int j = 0; j < RW; j++) {
-                        const uint4 &vv = B.v[u][j];
-                        uint32_t w = (k == 0 ? vv.x : k == 1 ? vv.y : k == 2 ? vv.z : vv.w) ^ 0x80808080u;
-                        wv[j][0] = qg_i8<0>(w); wv[j][1] = qg_i8<1>(w); wv[j][2] = qg_i8<2>(w); wv[j][3] = qg_i8<3>(w);
-                    }
-#pragma unroll
-                    for (int n = 0; n < N; n++) {
-                        float4 a = *(const float4 *)(xi + n * pc + 4 * k);
-#pragma unroll
-                        for (int j = 0; j < RW; j++) {
-                            d[j][n] = fmaf(wv[j][0], a.x, d[j][n]);
-                            d[j][n] = fmaf(wv[j][1], a.y, d[j][n]);
-                            d[j][n] = fmaf(wv[j][2], a.z, d[j][n]);
-                            d[j][n] = fmaf(wv[j][3], a.w, d[j][n]);
-                        }
-                    }
-                } else {
-                    float wv[RW][8];
-#pragma unroll
-                    for (int j = 0; j < RW; j++) {
-                        const uint4 &vv = B.v[u][j];
-                        uint32_t w = k == 0 ? vv.x : k == 1 ? vv.y : k == 2 ? vv.z : vv.w;
-                        uint32_t h = w >> 16;
-                        // element 8k + 2b is the low nibble of byte b, 8k + 2b + 1 the high one
-                        wv[j][0] = qg_i4<0>(w); wv[j][1] = qg_i4<1>(w); wv[j][2] = qg_i4<2>(w); wv[j][3] = qg_i4<3>(w);
-                        wv[j][4] = qg_i4<0>(h); wv[j][5] = qg_i4<1>(h); wv[j][6] = qg_i4<2>(h); wv[j][7] = qg_i4<3>(h);
-                    }
-#pragma unroll
-                    for (int n = 0; n < N; n++) {
-                        const float4 *xp = (const float4 *)(xi + n * pc + 8 * k);
-                        float4 a = xp[0], c = xp[1];
-#pragma unroll
-                        for (int j = 0; j < RW; j++) {
-                            d[j][n] = fmaf(wv[j][0], a.x, d[j][n]);
-                            d[j][n] = fmaf(wv[j][1], a.y, d[j][n]);
-                            d[j][n] = fmaf(wv[j][2], a.z, d[j][n]);
-                            d[j][n] = fmaf(wv[j][3], a.w, d[j][n]);
-                            d[j][n] = fmaf(wv[j][4], c.x, d[j][n]);
-                            d[j][n] = fmaf(wv[j][5], c.y, d[j][n]);
-                            d[j][n] = fmaf(wv[j][6], c.z, d[j][n]);
-                            d[j][n] = fmaf(wv[j][7], c.w, d[j][n]);
-                        }
-                    }
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < RW; j++) {
-                if constexpr (FMT == 0) {
-                    const float sc = kc_f16_f((uint16_t)B.sc[u][j]);
-#pragma unroll
-                    for (int n = 0; n < N; n++) acc[j][n] = fmaf(sc, d[j][n], acc[j][n]);
-                } else {
-                    const float sc = kc_f16_f((uint16_t)(B.sc[u][j] & 0xffffu));
-                    const float mn = kc_f16_f((uint16_t)(B.sc[u][j] >> 16));
-#pragma unroll
-                    for (int n = 0; n < N; n++)
-                        acc[j][n] = fmaf(mn, xsum[n * nu + i], fmaf(sc, d[j][n], acc[j][n]));
-                }
-            }
-        }
-        if (b + 1 < nb) return;
-        // last batch of the row group: reduce across the warp and store
-#pragma unroll
-        for (int n = 0; n < N; n++) {
-            float t[RW];
-#pragma unroll
-            for (int j = 0; j < RW; j++) { t[j] = kc_warp_sum(acc[j][n]); acc[j][n] = 0.f; }
-            if (lane == 0) {
-                if constexpr (MODE == 1) y[(size_t)n * rows + g] = t[0] / (1.f + __expf(-t[0])) * t[RW - 1];
-                else {
-#pragma unroll
-                    for (int j = 0; j < RW; j++)
-                        if (g * RW + j < rows) y[(size_t)n * rows + g * RW + j] = t[j];
-                }
-            }
-        }
-    };
-
-    QgBuf<U, RW> A, B;
-    int g = blockIdx.x * QG_WARPS + warp, b = 0;
-    // weights and parameters never depend on the previous kernel: load first
-    load(A, g, b);
-    kc_pdl_wait();
-    {   // x -> shared memory (coalesced 16-byte loads), padded
-        const int c4 = cols >> 2;
-        for (int t = threadIdx.x; t < N * c4; t += blockDim.x) {
-            int n = t / c4, i = (t - n * c4) << 2;
-            *(float4 *)(xs + n * pc + qg_pad(i)) = *((const float4 *)(x + (size_t)n * cols) + (i >> 2));
-        }
+        mx = kc_warp_max(mx);
+        if (lane == 0) part[n * QG_WARPS + warp] = mx;
     }
     __syncthreads();
-    if constexpr (FMT == 1) {   // sums of x over each 32-element unit, once per block
-        for (int c = threadIdx.x; c < N * nu; c += blockDim.x) {
-            int n = c / nu, k = c - n * nu;
-            const float4 *xp = (const float4 *)(xs + n * pc + qg_pad(k * 32));
-            float sum = 0.f;
+    auto col_scale = [&](int n, bool inverse) {
+        float mx = 0.f;
 #pragma unroll
-            for (int t = 0; t < 8; t++) { float4 a = xp[t]; sum += (a.x + a.y) + (a.z + a.w); }
-            xsum[c] = sum;
+        for (int w = 0; w < QG_WARPS; w++) mx = fmaxf(mx, part[n * QG_WARPS + w]);
+        int e = 0;
+        if (mx > 0.f && isfinite(mx)) { frexpf(mx, &e); e = max(0, e - 15); }
+        return ldexpf(1.f, inverse ? -e : e);
+    };
+    if (threadIdx.x < N) xsc[threadIdx.x] = col_scale(threadIdx.x, false);
+    const int per = kp / 8;   // groups of 8 f16 (16 bytes) per column
+    int nprev = -1;
+    float sc = 1.f;
+    for (int idx = threadIdx.x; idx < N * per; idx += blockDim.x) {
+        const int n = idx / per, c8 = (idx - n * per) * 8;
+        if (n != nprev) { sc = col_scale(n, true); nprev = n; }
+        float v[8];
+        if (c8 < cols) {   // cols is a multiple of 16: a group of 8 is all in or all out
+            const float4 a = *(const float4 *)(x + (size_t)n * cols + c8);
+            const float4 b = *(const float4 *)(x + (size_t)n * cols + c8 + 4);
+            v[0] = a.x * sc; v[1] = a.y * sc; v[2] = a.z * sc; v[3] = a.w * sc;
+            v[4] = b.x * sc; v[5] = b.y * sc; v[6] = b.z * sc; v[7] = b.w * sc;
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = 0.f;
         }
-        __syncthreads();
+        uint4 o;
+        if constexpr (FMT == 1) {
+            o.x = qg_u(__floats2half2_rn(v[0], v[4])); o.y = qg_u(__floats2half2_rn(v[1], v[5]));
+            o.z = qg_u(__floats2half2_rn(v[2], v[6])); o.w = qg_u(__floats2half2_rn(v[3], v[7]));
+        } else {
+            o.x = qg_u(__floats2half2_rn(v[0], v[1])); o.y = qg_u(__floats2half2_rn(v[2], v[3]));
+            o.z = qg_u(__floats2half2_rn(v[4], v[5])); o.w = qg_u(__floats2half2_rn(v[6], v[7]));
+        }
+        *(uint4 *)(xs + (size_t)n * kp + c8) = o;
     }
-    // the batch stream (g, b), (g, b + 1), ..., (g + gw, 0), ...: compute one
-    // buffer while the other one's loads are in flight
-    while (g < ngr) {
-        int g2 = g, b2 = b + 1;
-        if (b2 == nb) { b2 = 0; g2 += gw; }
-        load(B, g2, b2);
-        compute(A, g, b);
-        if (g2 >= ngr) break;
-        g = g2; b = b2 + 1;
-        if (b == nb) { b = 0; g += gw; }
-        load(A, g, b);
-        compute(B, g2, b2);
+    __syncthreads();
+}
+
+// End of a tile whose first output is o (outputs [o, min(o + TR, o1))): each
+// warp puts its partial C tile (the two chains added) into rb
+// [QG_WARPS][16][8], then one thread per (output, column) adds the warps'
+// parts in warp order and stores. Zeroes c. rb alternates between two
+// buffers from tile to tile, so one barrier per tile suffices: a warp that
+// runs on writes the other buffer, and cannot come back to this one before
+// every thread has passed the next tile's barrier.
+template <int FMT, int PERCH, int MODE>
+__device__ __forceinline__ void qg_tile_end(float (&c)[2][4], float *rb, const float *xsc, const void *sp, int R,
+                                            int N, int o, int o1, float *y)
+{
+    constexpr int TR = MODE ? 8 : 16;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    *(float2 *)(rb + warp * 128 + g * 8 + 2 * t) = make_float2(c[0][0] + c[1][0], c[0][1] + c[1][1]);
+    *(float2 *)(rb + warp * 128 + (g + 8) * 8 + 2 * t) = make_float2(c[0][2] + c[1][2], c[0][3] + c[1][3]);
+#pragma unroll
+    for (int k = 0; k < 4; k++) c[0][k] = c[1][k] = 0.f;
+    __syncthreads();
+    const int rr = threadIdx.x >> 3, n = threadIdx.x & 7;
+    if (n < N && rr < TR && o + rr < o1) {
+        o += rr;
+        float v = 0.f, v2 = 0.f;
+#pragma unroll
+        for (int w = 0; w < QG_WARPS; w++) v += rb[w * 128 + rr * 8 + n];
+        v *= xsc[n];
+        if constexpr (MODE == 1) {
+#pragma unroll
+            for (int w = 0; w < QG_WARPS; w++) v2 += rb[w * 128 + (rr + 8) * 8 + n];
+            v2 *= xsc[n];
+        }
+        if constexpr (FMT == 0 && PERCH) {
+            v *= kc_f16_f(__ldg((const uint16_t *)sp + o));
+            if constexpr (MODE == 1) v2 *= kc_f16_f(__ldg((const uint16_t *)sp + R + o));
+        }
+        if constexpr (MODE == 1) y[(size_t)n * R + o] = v / (1.f + __expf(-v)) * v2;
+        else y[(size_t)n * R + o] = v;
+    }
+}
+
+__device__ __forceinline__ void qg_cp16(uint32_t dst, const void *src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void qg_cp4(uint32_t dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
+}
+// the same with a source size: bytes past it (all, for 0) are filled with zeros
+__device__ __forceinline__ void qg_cp16z(uint32_t dst, const void *src, uint32_t n)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void qg_cp4z(uint32_t dst, const void *src, uint32_t n)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void qg_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+/*
+ * FMT 0 = QI8, 1 = QI4. PERCH (QI8): one scale per row, applied to the f32
+ * result. MODE 0: y[n][r] = W_r . x_n; MODE 1: W has 2R rows, y[n][r] =
+ * silu(W_r . x_n) * (W_{R + r} . x_n). ush: log2(16-byte units per group)
+ * (unused with PERCH). N: columns, 1..8.
+ * Dynamic shared memory: the warps' rings [QG_WARPS][QG_STAGES][QG_STAGE_BYTES],
+ * two reduction buffers [QG_WARPS][16][8] f32, the column scales [8], the
+ * maxima partials [8][QG_WARPS], then x as f16 [N][kp] (kp = chunks * columns
+ * per chunk).
+ */
+template <int FMT, int PERCH, int MODE>
+__global__ void __launch_bounds__(QG_WARPS * 32)
+gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R, int cols, int ush, int N,
+              const float *x, float *__restrict__ y)
+{
+    constexpr int CW = FMT ? 128 : 64;       // columns per 64-byte chunk
+    constexpr int TR = MODE ? 8 : 16;        // outputs per tile
+    constexpr int SB = FMT ? 4 : 2;          // bytes per scale entry
+    constexpr int STEP = QG_WARPS * 64;      // bytes a warp's consecutive chunks are apart in a row
+    extern __shared__ uint4 qg_smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const size_t rowb = FMT ? (size_t)cols / 2 : (size_t)cols;
+    const int nu = (int)(rowb / 16);                  // 16-byte units per row
+    const int nch = (nu + 3) >> 2;                    // chunks per row; the last may be partial
+    const int kp = nch * CW;
+    const int ngr = PERCH ? 1 : (cols >> (FMT ? 5 : 4)) >> ush;   // groups per row
+    // the rings first: their offsets do not depend on N or cols
+    const uint8_t *ring = (const uint8_t *)qg_smem + warp * QG_STAGES * QG_STAGE_BYTES;
+    float *red = (float *)((uint8_t *)qg_smem + QG_WARPS * QG_STAGES * QG_STAGE_BYTES);   // [2][QG_WARPS][16][8]
+    float *xsc = red + 2 * QG_WARPS * 128;            // [8]
+    float *part = xsc + 8;                            // [8][QG_WARPS]
+    __half *xs = (__half *)(part + 8 * QG_WARPS);     // [N][kp]
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+    kc_pdl_trigger();
+
+    const int o0 = (int)((long long)R * blockIdx.x / gridDim.x);
+    const int o1 = (int)((long long)R * (blockIdx.x + 1) / gridDim.x);
+    const int tiles = (o1 - o0 + TR - 1) / TR;
+    const int cpw = (nch + QG_WARPS - 1) / QG_WARPS;   // chunk steps per tile, the same for all warps
+    const int steps = tiles * cpw;
+    const int su = QG_WARPS * 4 >> (PERCH ? 0 : ush);   // scale entries a step moves on (group <= 32 units)
+    const int tmask = PERCH ? 0 : (1 << min(ush, 2)) - 1;   // lanes t sharing a group: t & ~tmask equal
+
+    // issue cursor: tile ii, chunk step ik; the lane's source pointers for step (ii, ik)
+    int ii = 0, ik = 0;
+    const uint8_t *dp0, *dp1, *sp0 = nullptr, *sp1 = nullptr;
+    auto set_rows = [&](int i) {
+        const int o = o0 + i * TR + g;
+        const int r0 = min(o, o1 - 1), r1 = MODE == 1 ? R + r0 : min(o + 8, o1 - 1);
+        const int u0 = warp * 4 + t;   // the lane's unit in its first chunk
+        dp0 = q + (size_t)r0 * rowb + (size_t)u0 * 16;
+        dp1 = q + (size_t)r1 * rowb + (size_t)u0 * 16;
+        if (!PERCH) {
+            sp0 = (const uint8_t *)sp + ((size_t)r0 * ngr + (u0 >> ush)) * SB;
+            sp1 = (const uint8_t *)sp + ((size_t)r1 * ngr + (u0 >> ush)) * SB;
+        }
+    };
+    const int sstep = su * SB;                        // scale bytes a step moves on
+    const bool copier = (t & tmask) == 0;             // this lane copies its group's scale word
+    const uint32_t d0 = ring_s + lane * 16, ds0 = ring_s + 1024 + lane * 4;
+    uint32_t io = 0;   // ring offset of the next issue
+    auto issue = [&]() {   // one chunk step, then advance; always exactly one commit group
+        if (ii < tiles) {
+            const int ch = warp + QG_WARPS * ik;
+            const void *s0 = FMT == 1 ? (const void *)sp0 : (const void *)((uintptr_t)sp0 & ~(uintptr_t)3);
+            const void *s1 = FMT == 1 ? (const void *)sp1 : (const void *)((uintptr_t)sp1 & ~(uintptr_t)3);
+            if (ch * 4 + 4 <= nu) {   // the whole chunk lies in the row (uniform over the warp)
+                qg_cp16(d0 + io, dp0);
+                qg_cp16(d0 + io + 512, dp1);
+                // one lane per group copies the scale word (QI8 grouped: the aligned word
+                // holding the f16 scale); lanes of the same group read its slot (copies of
+                // one address by four lanes were measured 30% slower for int4 g128)
+                if (!PERCH && copier) { qg_cp4(ds0 + io, s0); qg_cp4(ds0 + io + 128, s1); }
+            } else if (ch < nch) {   // a short last chunk: lanes past the row's end fill zeros
+                const uint32_t nb = ch * 4 + t < nu ? 16 : 0;
+                qg_cp16z(d0 + io, nb ? (const void *)dp0 : (const void *)q, nb);
+                qg_cp16z(d0 + io + 512, nb ? (const void *)dp1 : (const void *)q, nb);
+                if (!PERCH && copier) {
+                    qg_cp4z(ds0 + io, nb ? s0 : sp, nb >> 2);
+                    qg_cp4z(ds0 + io + 128, nb ? s1 : sp, nb >> 2);
+                }
+            }
+            dp0 += STEP; dp1 += STEP;
+            if (!PERCH) { sp0 += sstep; sp1 += sstep; }
+            if (++ik == cpw) { ik = 0; if (++ii < tiles) set_rows(ii); }
+        }
+        qg_commit();
+        io = io == (QG_STAGES - 1) * QG_STAGE_BYTES ? 0 : io + QG_STAGE_BYTES;
+    };
+
+    set_rows(0);
+#pragma unroll
+    for (int j = 0; j < QG_STAGES - 1; j++) issue();   // weights never depend on the previous kernel
+    kc_pdl_wait();
+    qg_stage_x<FMT>(x, N, cols, kp, xs, xsc, part);
+
+    // B columns past N read column N - 1 (those C columns are never stored)
+    const uint4 *xl = (const uint4 *)(xs + (size_t)min(g, N - 1) * kp + t * (CW / 4)) + warp * (CW / 8);
+    const uint32_t magic = 0x64006400u;
+    float c[2][4] = { { 0.f, 0.f, 0.f, 0.f }, { 0.f, 0.f, 0.f, 0.f } };
+    int ci = 0, ck = 0;
+    // QI8 grouped: which half of the copied word holds the scale: the parity
+    // of the f16 index, (row * ngr + unit >> ush) & 1
+    int par0 = 0, par1 = 0;
+    auto set_par = [&](int i) {
+        const int o = o0 + i * TR + g;
+        const int r0 = min(o, o1 - 1), r1 = MODE == 1 ? R + r0 : min(o + 8, o1 - 1);
+        par0 = (int)(((size_t)r0 * ngr) & 1); par1 = (int)(((size_t)r1 * ngr) & 1);
+    };
+    if (FMT == 0 && !PERCH) set_par(0);
+    const int sl = (lane & ~3) | (t & ~tmask);   // the scale slot the group's copying lane filled
+    const uint4 *xc = xl;                         // B fragments of the current step
+    uint32_t co = 0;                              // ring offset of the current step
+    for (int st = 0; st < steps; st++) {
+        issue();
+        qg_wait<QG_STAGES - 1>();   // this thread's copies of step st have landed
+        if (warp + QG_WARPS * ck < nch) {
+            const uint8_t *b = ring + co;
+            const uint4 v0 = *(const uint4 *)(b + lane * 16), v1 = *(const uint4 *)(b + 512 + lane * 16);
+            uint32_t sc0 = 0, sc1 = 0;
+            if (FMT == 1 || !PERCH) {
+                sc0 = *(const uint32_t *)(b + 1024 + sl * 4);
+                sc1 = *(const uint32_t *)(b + 1152 + sl * 4);
+            }
+            if (FMT == 0 && !PERCH) {
+                const int gi = ((warp + QG_WARPS * ck) * 4 + t) >> ush;
+                if ((par0 + gi) & 1) sc0 >>= 16;
+                if ((par1 + gi) & 1) sc1 >>= 16;
+            }
+            qg_chunk<FMT, PERCH>(c, v0, v1, sc0, sc1, xc, magic);
+        }
+        co = co == (QG_STAGES - 1) * QG_STAGE_BYTES ? 0 : co + QG_STAGE_BYTES;
+        xc += QG_WARPS * CW / 8;
+        if (++ck == cpw) {
+            ck = 0;
+            xc = xl;
+            qg_tile_end<FMT, PERCH, MODE>(c, red + (ci & 1) * QG_WARPS * 128, xsc, sp, R, N, o0 + ci * TR, o1, y);
+            if (++ci < tiles && FMT == 0 && !PERCH) set_par(ci);
+        }
     }
 }
 
 static size_t qg_smem_bytes(int fmt, int n, int cols)
 {
-    return (size_t)n * qg_padded_cols(cols) * sizeof(float) + (fmt ? (size_t)n * (cols / 32) * sizeof(float) : 0);
+    const int cw = fmt ? 128 : 64;
+    const size_t kp = (size_t)KC_CDIV(cols, cw) * cw;
+    return (size_t)n * kp * 2 + (2 * QG_WARPS * 128 + 8 + 8 * QG_WARPS) * sizeof(float) +
+           (size_t)QG_WARPS * QG_STAGES * QG_STAGE_BYTES;
 }
 
 // Largest dynamic shared memory a block may opt into on the current device
@@ -274,79 +440,56 @@ static size_t qg_smem_optin(void)
     return (size_t)v;
 }
 
-template <int FMT, int N, int MODE, int RW, int U>
-static void gemv_q_launch(const kc_matrix *w, int rows, const float *x, float *y, cudaStream_t s)
+template <int FMT, int PERCH, int MODE>
+static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, float *y, cudaStream_t s)
 {
-    auto kern = gemv_q_kernel<FMT, N, MODE, RW, U>;
+    auto kern = gemv_q_kernel<FMT, PERCH, MODE>;
     static bool opted = false;   // once per instantiation; a function attribute, not stream work
     if (!opted) {
         KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)qg_smem_optin()));
         opted = true;
     }
-    int warps = MODE == 1 ? rows : KC_CDIV(rows, RW);
-    size_t smem = qg_smem_bytes(FMT, N, w->cols);
-    const int upg = w->group / (FMT ? 32 : 16);   // units per group: a power of two unless the group is the row
-    int ush = -1;
-    if (w->group != w->cols) {
-        ush = 0;
+    const size_t smem = qg_smem_bytes(FMT, n, w->cols);
+    int ush = 0;
+    if (!PERCH) {
+        const int upg = w->group / (FMT ? 32 : 16);   // 16-byte units per group: a power of two, <= 32
         while ((1 << ush) < upg) ush++;
-        PG_ASSERT((1 << ush) == upg);
+        PG_ASSERT((1 << ush) == upg && upg <= QG_WARPS * 4);
     }
-    // persistent blocks: as many as fit on the device at once, at most one per 8 row groups
     int per_sm = 0, sms = 0, dev = 0;
     KC_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, QG_WARPS * 32, smem));
     KC_CHECK(cudaGetDevice(&dev));
     KC_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     PG_ASSERT(per_sm >= 1);
-    int blocks = KC_CDIV(warps, QG_WARPS);
+    int blocks = KC_CDIV(R, MODE ? 8 : 16);
     if (blocks > per_sm * sms) blocks = per_sm * sms;
     kc_launch(kern, dim3(blocks), dim3(QG_WARPS * 32), smem, s,
-              (const uint8_t *)w->q, (const void *)w->s, rows, w->cols, ush, x, y);
+              (const uint8_t *)w->q, (const void *)w->s, R, w->cols, ush, n, x, y);
 }
 
-// Rows per warp and loads in flight by column count: two rows per warp for
-// one and two columns (each x value read from shared memory serves both), one
-// for 4 and 8 (register pressure of the accumulators); SwiGLU always pairs
-// the gate row with its up row.
-template <int FMT, int N, int MODE>
-static void gemv_q_pick(const kc_matrix *w, int rows, const float *x, float *y, cudaStream_t s)
-{
-    if constexpr (MODE == 1) gemv_q_launch<FMT, N, 1, 2, (N <= 2 ? 4 : 2)>(w, rows, x, y, s);
-    else if constexpr (N <= 2) gemv_q_launch<FMT, N, 0, 2, 4>(w, rows, x, y, s);
-    else gemv_q_launch<FMT, N, 0, 1, 4>(w, rows, x, y, s);
-}
-
-template <int FMT, int MODE>
-static void gemv_q_cols(const kc_matrix *w, int rows, const float *x, int n, float *y, cudaStream_t s)
-{
-    const size_t lim = qg_smem_optin();
-    for (int i = 0; i < n;) {
-        int m = n - i;
-        const float *xi = x + (size_t)i * w->cols;
-        float *yi = y + (size_t)i * rows;
-        // the widest column block whose x fits in shared memory
-        if (m >= 8 && qg_smem_bytes(FMT, 8, w->cols) <= lim) { gemv_q_pick<FMT, 8, MODE>(w, rows, xi, yi, s); m = 8; }
-        else if (m >= 4 && qg_smem_bytes(FMT, 4, w->cols) <= lim) { gemv_q_pick<FMT, 4, MODE>(w, rows, xi, yi, s); m = 4; }
-        else if (m >= 2 && qg_smem_bytes(FMT, 2, w->cols) <= lim) { gemv_q_pick<FMT, 2, MODE>(w, rows, xi, yi, s); m = 2; }
-        else {
-            PG_ASSERT(qg_smem_bytes(FMT, 1, w->cols) <= lim);
-            gemv_q_pick<FMT, 1, MODE>(w, rows, xi, yi, s);
-            m = 1;
-        }
-        i += m;
-    }
-}
-
+/* Columns in passes of at most 8 (the mma's n), fewer where x of 8 columns
+ * would not fit in shared memory beside the pipeline (long rows). */
 extern "C" void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, int swiglu, cudaStream_t s)
 {
     PG_ASSERT(w->q && w->s && n >= 1 && w->group > 0 && w->cols % w->group == 0);
     PG_ASSERT(!swiglu || w->rows % 2 == 0);
-    int rows = swiglu ? w->rows / 2 : w->rows;
-    if (w->dtype == PG_QI8) {
-        PG_ASSERT(w->cols % 16 == 0 && w->group % 16 == 0);
-        if (swiglu) gemv_q_cols<0, 1>(w, rows, x, n, y, s); else gemv_q_cols<0, 0>(w, rows, x, n, y, s);
-    } else {
-        PG_ASSERT(w->dtype == PG_QI4 && w->group % 32 == 0);
-        if (swiglu) gemv_q_cols<1, 1>(w, rows, x, n, y, s); else gemv_q_cols<1, 0>(w, rows, x, n, y, s);
+    const int fmt = w->dtype == PG_QI4;
+    PG_ASSERT(fmt ? (w->group % 32 == 0) : (w->dtype == PG_QI8 && w->group % 16 == 0 && w->cols % 16 == 0));
+    const int R = swiglu ? w->rows / 2 : w->rows;
+    const int perch = !fmt && w->group == w->cols;
+    int per = 8;
+    while (per > 1 && qg_smem_bytes(fmt, per, w->cols) > qg_smem_optin()) per--;
+    PG_ASSERT(qg_smem_bytes(fmt, per, w->cols) <= qg_smem_optin());
+    for (int i = 0; i < n; i += per) {
+        const int m = n - i < per ? n - i : per;
+        const float *xi = x + (size_t)i * w->cols;
+        float *yi = y + (size_t)i * R;
+        if (fmt) {
+            if (swiglu) gemv_q_launch<1, 0, 1>(w, R, xi, m, yi, s); else gemv_q_launch<1, 0, 0>(w, R, xi, m, yi, s);
+        } else if (perch) {
+            if (swiglu) gemv_q_launch<0, 1, 1>(w, R, xi, m, yi, s); else gemv_q_launch<0, 1, 0>(w, R, xi, m, yi, s);
+        } else {
+            if (swiglu) gemv_q_launch<0, 0, 1>(w, R, xi, m, yi, s); else gemv_q_launch<0, 0, 0>(w, R, xi, m, yi, s);
+        }
     }
 }

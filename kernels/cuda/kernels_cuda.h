@@ -175,8 +175,10 @@ void k_gemv(const kc_matrix *w, const float *x, int n, float *y, cudaStream_t s)
  * y[i][j] = silu(gate_j . x[i]) * (up_j . x[i]); y: [n][h]. */
 void k_gemv_swiglu(const kc_matrix *w, const float *x, int n, float *y, cudaStream_t s);
 /* The PG_QI8 / PG_QI4 variants of both (kernels/cuda/gemv_quant.cu; k_gemv and
- * k_gemv_swiglu dispatch to it): dequantization fused in registers, fp32
- * accumulation, swiglu = 1 for the fused SwiGLU form. */
+ * k_gemv_swiglu dispatch to it): tensor cores, weights dequantized in
+ * registers to f16 (s*q + m rounded once), x rounded to f16 after an exact
+ * power-of-two scaling per column, f32 accumulation; swiglu = 1 for the fused
+ * SwiGLU form. */
 void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, int swiglu, cudaStream_t s);
 
 /* cuBLASLt bf16 GEMM for prefill: Y[n][rows] (fp32) = X[n][cols] (bf16) W^T.

@@ -36,6 +36,24 @@ static float time_med(cudaStream_t s, int iters, F f)
 
 static void *dalloc(size_t n) { void *p; MB_CHECK(cudaMalloc(&p, n)); return p; }
 
+// Read-only stream: every 16-byte word of src once (4 loads in flight per
+// thread), folded into one word per thread so the loads are not dead code.
+// The ceiling of a kernel that only reads (the decode matrix-vector
+// products), beside the copy's read + write figure.
+__global__ void mb_read_kernel(const uint4 *__restrict__ src, size_t n16, uint32_t *out)
+{
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    uint32_t acc = 0;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i + 3 * stride < n16; i += 4 * stride) {
+        uint4 a = kc_ld_stream(src + i), b = kc_ld_stream(src + i + stride);
+        uint4 c = kc_ld_stream(src + i + 2 * stride), d = kc_ld_stream(src + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n16; i += stride) { uint4 a = kc_ld_stream(src + i); acc ^= a.x ^ a.y ^ a.z ^ a.w; }
+    out[(size_t)blockIdx.x * blockDim.x + threadIdx.x] = acc;
+}
+
 struct MatSet {   // `copies` copies of one matrix, to defeat L2
     std::vector<kc_matrix> m;
     size_t bytes;
@@ -89,6 +107,15 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
     k_fill_normal_f32((float *)ca, cb / 4, 1, 0.f, 1.f, s);
     float tcopy = time_med(s, 5, [&](int) { MB_CHECK(cudaMemcpyAsync(cbuf, ca, cb, cudaMemcpyDeviceToDevice, s)); });
     double copy_bw = 2.0 * cb / (tcopy * 1e-6) / 1e9;
+    double read_bw = 0;
+    {
+        int sms = prop.multiProcessorCount, blocks = sms * 4;
+        float tr = time_med(s, 5, [&](int) {
+            mb_read_kernel<<<blocks, 512, 0, s>>>((const uint4 *)ca, cb / 16, (uint32_t *)cbuf);
+        });
+        KC_CHECK(cudaGetLastError());
+        read_bw = cb / (tr * 1e-6) / 1e9;
+    }
     cudaFree(ca); cudaFree(cbuf);
     double gemm_tf = 0;
     kc_gemm_ctx *g;
@@ -105,6 +132,8 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
         gemm_tf = tf;
         fprintf(f, "ceilings: device-to-device copy %.0f GB/s (1 GiB, read+write); bf16 GEMM 8192^3 (cuBLASLt) %.0f TFLOP/s\n",
                 copy_bw, tf);
+        fprintf(f, "read-only stream (1 GiB, 16-byte loads): %.0f GB/s = %.1f%% of the copy figure (percentages below are of the copy)\n",
+                read_bw, 100 * read_bw / copy_bw);
         cudaFree(w.q); cudaFree(x); cudaFree(y);
         fprintf(f, "%-44s %10s %10s %12s %7s\n", "kernel", "µs", "MB", "rate", "%ceil");
     }
@@ -135,7 +164,7 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
         for (auto &sh : shapes) {
             MatSet ms = make_mats(t, sh.rows, sh.cols, l2, s, 10, wt.group);
             int nc = (int)ms.m.size();
-            for (int n : { 1, 4 }) {
+            for (int n : { 1, 4, 8 }) {
                 float us = time_med(s, 2 * nc, [&](int i) {
                     if (sh.sw) k_gemv_swiglu(&ms.m[i % nc], x, n, y, s); else k_gemv(&ms.m[i % nc], x, n, y, s);
                 });
