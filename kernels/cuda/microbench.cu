@@ -90,6 +90,45 @@ static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t 
 }
 static void free_mats(MatSet &ms) { for (auto &m : ms.m) { cudaFree(m.q); cudaFree(m.s); } }
 
+// The access pattern of the quantized decode kernel (gemv_quant.cu) without
+// its arithmetic: a matrix of rows x rowb bytes in tiles of 16 rows; warp w of
+// a block reads 64-byte chunks w, w + 8, ... of the tile's rows, lane
+// (g, t) 16 bytes of rows g and g + 8 at byte 16 t (8 rows x 64 bytes per
+// warp load). frag = 0 reads the same bytes row by row instead (a warp load
+// = 512 contiguous bytes of one row), the pattern of the bf16 kernel. Both
+// keep 8 loads of 16 bytes in flight per lane.
+__global__ void mb_read_tiles_kernel(const uint8_t *__restrict__ q, int rows, int rowb, int frag, uint32_t *out)
+{
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int tiles = rows / 16, nch = rowb / 64;
+    const size_t tb = (size_t)16 * rowb;   // a tile's rows are contiguous
+    uint32_t acc = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const uint8_t *base = q + (size_t)tile * tb;
+        uint4 v[8];
+        if (frag) {
+            for (int c0 = warp; c0 < nch; c0 += 8 * 4) {
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int ch = min(c0 + 8 * u, nch - 1);
+                    v[2 * u] = kc_ld_stream(base + (size_t)g * rowb + ch * 64 + t * 16);
+                    v[2 * u + 1] = kc_ld_stream(base + (size_t)(g + 8) * rowb + ch * 64 + t * 16);
+                }
+#pragma unroll
+                for (int k = 0; k < 8; k++) acc ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w;
+            }
+        } else {
+            for (size_t o = (size_t)warp * 512 + lane * 16; o < tb; o += (size_t)8 * 512 * 8) {
+#pragma unroll
+                for (int u = 0; u < 8; u++) v[u] = kc_ld_stream(base + min(o + (size_t)u * 8 * 512, tb - 16));
+#pragma unroll
+                for (int k = 0; k < 8; k++) acc ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w;
+            }
+        }
+    }
+    out[(size_t)blockIdx.x * blockDim.x + threadIdx.x] = acc;
+}
+
 extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int hd, int vocab,
                              pg_err *err)
 {
@@ -115,6 +154,18 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
         });
         KC_CHECK(cudaGetLastError());
         read_bw = cb / (tr * 1e-6) / 1e9;
+        // the decode kernel's access pattern, 1 GiB as rows of 2048 bytes (int4 x 4096 columns)
+        for (int frag = 0; frag < 2; frag++)
+            for (int bps : { 2, 4 }) {
+                float tt = time_med(s, 5, [&](int) {
+                    mb_read_tiles_kernel<<<sms * bps, 256, 0, s>>>((const uint8_t *)ca, (int)(cb / 2048), 2048, frag,
+                                                                   (uint32_t *)cbuf);
+                });
+                KC_CHECK(cudaGetLastError());
+                fprintf(f, "read pattern %s, %d blocks of 8 warps per SM: %.0f GB/s\n",
+                        frag ? "8 rows x 64 B per warp load (quantized decode kernel)" : "512 contiguous B per warp load",
+                        bps, cb / (tt * 1e-6) / 1e9);
+            }
     }
     cudaFree(ca); cudaFree(cbuf);
     double gemm_tf = 0;
