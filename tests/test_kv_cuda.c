@@ -225,8 +225,9 @@ Test(kv_cuda, attn_decode_bf16_long)
 }
 
 /* The decode step's fused launch against the two launches it replaces:
- * caches, outputs and the rotated k written back must be identical bits. */
-static void check_fused(int int8, int nh, int nkv, int hd, int max_seq, int interleaved)
+ * caches, outputs and the rotated k written back must be identical bits.
+ * pos_in: the three rows' positions (NULL: the last, a third, 0). */
+static void check_fused_at(int int8, int nh, int nkv, int hd, int max_seq, int interleaved, const int32_t *pos_in)
 {
     pg_rng r;
     pg_rng_seed(&r, 2100 + nh + hd + max_seq + int8 + interleaved);
@@ -234,6 +235,7 @@ static void check_fused(int int8, int nh, int nkv, int hd, int max_seq, int inte
     enum { N = 3 };
     int slots = 3;
     int32_t pos[N] = { max_seq - 1, max_seq / 3, 0 }, slot[N] = { 2, 0, 1 };
+    if (pos_in) memcpy(pos, pos_in, sizeof pos);
     size_t nvec = (size_t)slots * nkv * max_seq, esz = int8 ? 1 : 2;
     kv_cache_t K = make_cache(&r, nvec, hd, int8), V = make_cache(&r, nvec, hd, int8);
     void *K2 = dev_from(NULL, nvec * hd * esz), *V2 = dev_from(NULL, nvec * hd * esz);
@@ -297,6 +299,10 @@ static void check_fused(int int8, int nh, int nkv, int hd, int max_seq, int inte
     cudaFree(oa); cudaFree(ob); cudaFree(pa); cudaFree(pb); cudaFree(dpos); cudaFree(dslot);
     free(qkv); free(inv); free(ha); free(hb); free(hoa); free(hob);
 }
+static void check_fused(int int8, int nh, int nkv, int hd, int max_seq, int interleaved)
+{
+    check_fused_at(int8, nh, nkv, hd, max_seq, interleaved, NULL);
+}
 
 Test(kv_cuda, rope_attn_decode_fused)
 {
@@ -306,6 +312,35 @@ Test(kv_cuda, rope_attn_decode_fused)
         check_fused(i8, 32, 8, 128, 3000, 0);
         check_fused(i8, 9, 3, 64, 300, 1);
         check_fused(i8, 4, 1, 32, 40, 1);
+    }
+}
+
+/* The fused kernel streams a split's first two chunks in before the QKV
+ * product finishes, leaving out the new position, which the writing block
+ * puts into the staged chunk itself; a later chunk is read after the write.
+ * Positions that put the new token in each place: the second staged chunk
+ * (at its first row: nothing else of that chunk is fetched early, and at
+ * its last row), and the third chunk of a split (read in the loop). The
+ * split count depends on the SM count; it is read back from the workspace
+ * size (n_kv_heads + n_heads * nsplit * (head_dim + 2) floats per row). */
+Test(kv_cuda, rope_attn_decode_fused_new_position_in_each_stage)
+{
+    NEED_GPU();
+    const int nh = 16, nkv = 16, hd = 64;
+    for (int i8 = 0; i8 < 2; i8++) {
+        const int ch = KC_ATTN_CHUNK * (i8 ? 2 : 1);
+        kc_attn_shape big = { nh, nkv, hd, 1 << 20, 0 };
+        int ns = (int)((k_attn_decode_part_floats(1, big) - nkv) / ((size_t)nh * (hd + 2)));
+        cr_assert(ns >= 1 && ns <= 256, "split count %d", ns);
+        int max_seq = 3 * ns * ch + 8;
+        kc_attn_shape sh = { nh, nkv, hd, max_seq, 0 };
+        cr_assert_eq((k_attn_decode_part_floats(1, sh) - nkv) / ((size_t)nh * (hd + 2)), (size_t)ns);
+        /* len (2 ns - 1) ch + 1: 2 ns chunks, 2 per split, new token at row 0 of the second;
+         * len 2 ns ch: at the last row of the second; len 3 ns ch - 5: 3 chunks per split */
+        const int32_t pos[3] = { (2 * ns - 1) * ch, 2 * ns * ch - 1, 3 * ns * ch - 6 };
+        cr_log_info("fused stages %s: %d splits, positions %d %d %d", i8 ? "int8" : "bf16", ns, pos[0], pos[1],
+                    pos[2]);
+        check_fused_at(i8, nh, nkv, hd, max_seq, 0, pos);
     }
 }
 

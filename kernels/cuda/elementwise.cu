@@ -221,15 +221,55 @@ extern "C" void k_embed(const kc_matrix *emb, const int32_t *tokens, int n, floa
 }
 
 // ---------------------------------------------------------------- norms
+// One block per row. PER > 0: the row lives in registers, PER elements per
+// thread at most (dim <= PER * blockDim.x), and the norm weights are loaded
+// before waiting for the previous kernel (they are constants), so a decode
+// step pays one dependent global round trip (read x and y) instead of three
+// (read, then re-read x after the reduction, then w). PER = 0: any dim, a
+// loop that re-reads x. Both sum in the same order: the same bits.
+template <int PER>
 __global__ void add_rmsnorm_kernel(float *resid, const float *delta, const float *w, float eps,
                                    int dim, float *out, uint16_t *out_bf)
 {
     kc_pdl_trigger();
-    kc_pdl_wait();
     __shared__ float sh[32];
     float *r = resid + (size_t)blockIdx.x * dim;
     const float *d = delta ? delta + (size_t)blockIdx.x * dim : NULL;
+    float *o = out ? out + (size_t)blockIdx.x * dim : NULL;
+    uint16_t *ob = out_bf ? out_bf + (size_t)blockIdx.x * dim : NULL;
     float ss = 0.f;
+    if constexpr (PER > 0) {
+        float wv[PER], v[PER];
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            const int j = threadIdx.x + k * blockDim.x;
+            wv[k] = j < dim ? w[j] : 0.f;
+        }
+        kc_pdl_wait();
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            const int j = threadIdx.x + k * blockDim.x;
+            v[k] = 0.f;
+            if (j < dim) {
+                v[k] = r[j];
+                if (d) { v[k] += d[j]; r[j] = v[k]; }
+                ss += v[k] * v[k];
+            }
+        }
+        ss = kc_block_sum(ss, sh);
+        const float inv = rsqrtf(ss / (float)dim + eps);
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            const int j = threadIdx.x + k * blockDim.x;
+            if (j < dim) {
+                const float y = v[k] * inv * wv[k];
+                if (o) o[j] = y;
+                if (ob) ob[j] = kc_f_bf16(y);
+            }
+        }
+        return;
+    }
+    kc_pdl_wait();
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         float v = r[j];
         if (d) { v += d[j]; r[j] = v; }
@@ -239,8 +279,8 @@ __global__ void add_rmsnorm_kernel(float *resid, const float *delta, const float
     float inv = rsqrtf(ss / (float)dim + eps);
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         float v = r[j] * inv * w[j];
-        if (out) out[(size_t)blockIdx.x * dim + j] = v;
-        if (out_bf) out_bf[(size_t)blockIdx.x * dim + j] = kc_f_bf16(v);
+        if (o) o[j] = v;
+        if (ob) ob[j] = kc_f_bf16(v);
     }
 }
 extern "C" void k_add_rmsnorm(float *resid, const float *delta, const float *w, float eps,
@@ -248,7 +288,12 @@ extern "C" void k_add_rmsnorm(float *resid, const float *delta, const float *w, 
 {
     if (n <= 0) return;
     int threads = dim >= 4096 ? 1024 : (dim >= 1024 ? 512 : 256);
-    kc_launch(add_rmsnorm_kernel, dim3(n), dim3(threads), 0, s, resid, delta, w, eps, dim, out_f32, out_bf16);
+    if (dim <= 8 * threads)
+        kc_launch(add_rmsnorm_kernel<8>, dim3(n), dim3(threads), 0, s, resid, delta, w, eps, dim, out_f32,
+                  (uint16_t *)out_bf16);
+    else
+        kc_launch(add_rmsnorm_kernel<0>, dim3(n), dim3(threads), 0, s, resid, delta, w, eps, dim, out_f32,
+                  (uint16_t *)out_bf16);
     KC_LAUNCH_CHECK();
 }
 

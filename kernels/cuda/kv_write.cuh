@@ -38,10 +38,14 @@ __device__ __forceinline__ int8_t kc_kv_q8(float x, float s)
 /* One warp: head vector x[hd] (f32, in the qkv row) of position p. rotate:
  * apply RoPE and write the rotated values back into x (k); else copy (v).
  * I8 = 0: dst is bf16 [hd]; I8 = 1: dst is int8 [hd] and *scale its scale.
+ * sdst / sscale (may be null): a second copy of the same bytes, in shared
+ * memory — the decode attention kernel's staged chunk, so it need not read
+ * the new position back from global memory.
  * hd <= 256, even. Every lane of the warp must call it. */
 template <bool I8>
 __device__ __forceinline__ void kc_kv_write_head(float *x, bool rotate, int p, const float *inv_freq,
-                                                 int interleaved, int hd, void *dst, float *scale)
+                                                 int interleaved, int hd, void *dst, float *scale,
+                                                 void *sdst = nullptr, float *sscale = nullptr)
 {
     const int lane = threadIdx.x & 31, half = hd / 2;
     float val[8];
@@ -79,11 +83,23 @@ __device__ __forceinline__ void kc_kv_write_head(float *x, bool rotate, int p, c
         amax = kc_warp_max(amax);
         const float s = amax / 127.f;
 #pragma unroll
-        for (int j = 0; j < 8; j++) if (idx[j] >= 0) ((int8_t *)dst)[idx[j]] = kc_kv_q8(val[j], s);
-        if (lane == 0) *scale = s;
+        for (int j = 0; j < 8; j++) {
+            if (idx[j] >= 0) {
+                const int8_t q = kc_kv_q8(val[j], s);
+                ((int8_t *)dst)[idx[j]] = q;
+                if (sdst) ((int8_t *)sdst)[idx[j]] = q;
+            }
+        }
+        if (lane == 0) { *scale = s; if (sscale) *sscale = s; }
     } else {
 #pragma unroll
-        for (int j = 0; j < 8; j++) if (idx[j] >= 0) ((uint16_t *)dst)[idx[j]] = kc_f_bf16(val[j]);
+        for (int j = 0; j < 8; j++) {
+            if (idx[j] >= 0) {
+                const uint16_t h = kc_f_bf16(val[j]);
+                ((uint16_t *)dst)[idx[j]] = h;
+                if (sdst) ((uint16_t *)sdst)[idx[j]] = h;
+            }
+        }
     }
 }
 
