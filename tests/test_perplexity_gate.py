@@ -210,6 +210,27 @@ def test_gate_runs_are_paired(gate):
         assert not isinstance(res[name], str), f"{name} did not run: {res[name]}"
 
 
+def test_gate_runs_are_what_they_say(gate):
+    """Each run reports the weights and KV cache its options asked for (a flag
+    that were silently ignored would make its gate compare the baseline with
+    itself)."""
+    res, _ = gate
+    want = {"baseline": ("none", None, False, "f32"), "int8 weights": ("int8", None, False, "f32"),
+            "int8 + LM head": ("int8", None, True, "f32"), "int4 g32 weights": ("int4", 32, False, "f32"),
+            "int4 g64 weights": ("int4", 64, False, "f32"), "int4 g128 weights": ("int4", 128, False, "f32"),
+            "int8 KV": ("none", None, False, "int8")}
+    for name, (quant, gs, lm, kv) in want.items():
+        r = res[name]
+        if isinstance(r, str):
+            continue   # test_gate_runs_are_paired names the runs that must have run
+        got = (r["quant"], r["group_size"], r["lm_head_quantized"], r["kv_cache"])
+        assert got == (quant, gs, lm, kv), (name, got)
+        assert r["stored_weights"] == res["baseline"]["stored_weights"], (name, r["stored_weights"])
+    r = res[CALIBRATED]   # the checkpoint `quantize --calib` wrote loads as it is stored
+    if not isinstance(r, str):
+        assert r["stored_weights"].startswith("QI4 g") and r["quant"] == "none", r
+
+
 def check_gate(gate, name):
     if SAN:
         pytest.skip(f"SAN build: {GATE_TOKENS} tokens are too few for the gate; the plain build asserts it")

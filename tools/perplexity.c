@@ -221,8 +221,26 @@ int perplexity_main(int argc, char **argv) {
     if (r.n_scored < 1) { rc = pg_errf(&err, PG_EINVAL, "no token was scored"); goto fail; }
     double mean = r.nll_sum / (double)r.n_scored, ppl = exp(mean);
     const char *quant = engine_quant_name(eo.quant);
-    char qdesc[48];
+    /* what the file holds: the first layer's matrices (every layer is stored
+     * alike), e.g. "Q4_1", "QI4 g64,128" (a group that does not divide a
+     * matrix's width falls back to a smaller one, model/quant.h) */
+    char stored[64];
+    {
+        const layer_weights *L0 = &m->w.layers[0];
+        const tensor *mats[7] = { &L0->wq, &L0->wk, &L0->wv, &L0->wo, &L0->w_gate, &L0->w_up, &L0->w_down };
+        const tensor *t0 = mats[0];
+        int n = snprintf(stored, sizeof stored, "%s", pg_dtype_name(t0->dtype));
+        int grouped = t0->dtype == PG_QI4 || (t0->dtype == PG_QI8 && t0->group != t0->cols);
+        for (int g = 16, first = 1; grouped && g <= 4096; g *= 2) {   /* distinct groups, ascending */
+            int used = 0;
+            for (int i = 0; i < 7; i++) used |= mats[i]->dtype == t0->dtype && mats[i]->group == g;
+            if (used && n < (int)sizeof stored)
+                n += snprintf(stored + n, sizeof stored - n, "%s%d", first ? " g" : ",", g), first = 0;
+        }
+    }
+    char qdesc[80];
     if (eo.quant == WQUANT_INT4) snprintf(qdesc, sizeof qdesc, "int4 g%d", eo.group_size);
+    else if (eo.quant == WQUANT_NONE) snprintf(qdesc, sizeof qdesc, "as stored (%s)", stored);
     else snprintf(qdesc, sizeof qdesc, "%s", quant);
     if (eo.quant != WQUANT_NONE && !info.quant_lm_head)   /* as the engine resolved it */
         snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " (lm head as stored)");
@@ -235,7 +253,12 @@ int perplexity_main(int argc, char **argv) {
         cJSON_AddStringToObject(j, "model", m->path);
         cJSON_AddStringToObject(j, "file", a.file);
         cJSON_AddStringToObject(j, "device", info.device_name);
-        cJSON_AddStringToObject(j, "weights", qdesc);
+        cJSON_AddStringToObject(j, "weights", qdesc);   /* for people; the three below for programs */
+        cJSON_AddStringToObject(j, "stored_weights", stored);
+        cJSON_AddStringToObject(j, "quant", quant);
+        if (eo.quant == WQUANT_INT4) cJSON_AddNumberToObject(j, "group_size", eo.group_size);
+        else cJSON_AddNullToObject(j, "group_size");
+        cJSON_AddBoolToObject(j, "lm_head_quantized", eo.quant != WQUANT_NONE && info.quant_lm_head);
         cJSON_AddStringToObject(j, "kv_cache", kv);
         cJSON_AddNumberToObject(j, "ctx", ctx);
         cJSON_AddNumberToObject(j, "text_tokens", (double)n_ids);
