@@ -323,6 +323,8 @@ Test(kernels_cuda, attn_decode)
     check_decode(32, 8, 128, 1100);   /* GQA 4, Llama-3 */
     check_decode(9, 3, 64, 300);      /* SmolLM2 */
     check_decode(4, 1, 32, 40);       /* tiny, G = 4 */
+    check_decode(4, 2, 16, 90);       /* tiny-llama's head: with 256 threads a 64-position chunk is shorter than
+                                         one pass of the block (caught: no scores were computed at all) */
 }
 
 static void check_prefill(int nh, int nkv, int hd, int n, int pos0, double tol)

@@ -312,6 +312,7 @@ Test(kv_cuda, rope_attn_decode_fused)
         check_fused(i8, 32, 8, 128, 3000, 0);
         check_fused(i8, 9, 3, 64, 300, 1);
         check_fused(i8, 4, 1, 32, 40, 1);
+        check_fused(i8, 4, 2, 16, 90, 0);
     }
 }
 
