@@ -99,8 +99,9 @@ Test(kernels_cuda, gemv_all_dtypes)
 {
     NEED_GPU();
     pg_dtype ts[] = { PG_BF16, PG_Q8_0, PG_Q4_0, PG_Q4_1 };
-    /* covers 1, 2 and 4 warps per row (n = 1), row pairs with an odd row
-     * count (n >= 2), and column counts that leave lanes idle */
+    /* covers 2 and 4 warps per row (n = 1; one warp per row is the SwiGLU
+     * form's, below), row pairs with an odd row count (n >= 2), and column
+     * counts that leave lanes idle */
     int shapes[][2] = { { 576, 576 }, { 384, 1536 }, { 1000, 4096 }, { 64, 96 }, { 300, 8448 }, { 577, 160 } };
     int ns[] = { 1, 3, 8, 11 };
     uint64_t seed = 100;

@@ -229,9 +229,12 @@ static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, f
         else if (m >= 4) { gemv_launch_n<T, 4, MODEN, UN, 1>(w, rows, xi, yi, s); m = 4; }
         else if (m >= 2) { gemv_launch_n<T, 2, MODEN, UN, 1>(w, rows, xi, yi, s); m = 2; }
         else {
-            /* measured on an H100: 4 warps per row pay off for 4096 x 11008,
-             * 2 did not for 4096 x 4096 */
-            int ks = (MODE1 != 0 || rows > 8192 || w->cols < 8192) ? 1 : 4;
+            /* warps per row: 4 for the short, wide matrices (4096 x 11008),
+             * 2 for the rest; a SwiGLU warp already holds two rows. Measured
+             * end to end on an H200 (bench/results/h200.md, 2026-12-02 17:41Z):
+             * 2 instead of 1 for wqkv, wo and the LM head +3.2% (7B) / +1.5%
+             * (8B); 4 everywhere, or 2 for the 11008-wide w2, was slower */
+            int ks = MODE1 != 0 ? 1 : (w->cols >= 8192 && rows <= 8192 ? 4 : 2);
             if (ks == 4) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 4>(w, rows, xi, yi, s);
             else if (ks == 2) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 2>(w, rows, xi, yi, s);
             else gemv_launch_n<T, 1, MODE1, U1, 1>(w, rows, xi, yi, s);

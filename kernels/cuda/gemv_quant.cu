@@ -49,11 +49,16 @@
  * the outputs [R b / G, R (b + 1) / G) of R (G blocks: balanced to a row, not
  * to a tile; fragment rows past the block's last output re-read that last row
  * (an L2 hit) and are never stored), walked in tiles. The warps of a block
- * split each row's chunks (warp w takes chunks w, w + W, ...: together a
- * contiguous 64 W bytes of each row), add their partial tiles in shared
- * memory in warp order, and one thread per (output, column) stores. Weight
- * bytes travel global -> shared memory by cp.async, QG_STAGES chunks ahead
- * per warp, across tile boundaries; each lane copies exactly the 16-byte
+ * split each row's chunks in steps of QG_UPL adjacent chunks (warp w takes
+ * steps w, w + W, ...: together a contiguous 64 QG_UPL W bytes of each row),
+ * add their partial tiles in shared memory in warp order, and one thread per
+ * (output, column) stores. Two chunks per step halve the pipeline's
+ * bookkeeping per weight (loop counters, ring offsets and pointer steps were
+ * ~40 of ~195 instructions per chunk in the SASS of the one-chunk version;
+ * measured +4% end to end with int4 g32 weights on an H200, the same with
+ * int8; 3 or 4 chunks per step, or 4 stages, were slower: bench/results/
+ * h200.md). Weight bytes travel global -> shared memory by cp.async,
+ * QG_STAGES steps ahead per warp, across tile boundaries; each lane copies exactly the 16-byte
  * pieces (and scale words) of its own fragments and reads them back itself,
  * so a per-thread cp.async.wait_group is all the pipeline needs, and no
  * register is held while bytes are in flight.
@@ -63,8 +68,10 @@
 #include "kc_util.cuh"
 
 #define QG_WARPS 8
-#define QG_STAGES 6            // chunks in flight per warp (6 x 1 KB of weights)
-#define QG_STAGE_BYTES 1280   // per warp and chunk: 2 x 512 (rows g, g + 8) + 2 x 128 (scale words)
+#define QG_UPL 2              // 64-byte chunks of each fragment row a warp takes per pipeline step
+#define QG_STAGES 3           // steps in flight per warp (3 x 2 KB of weights)
+#define QG_CHUNK_BYTES 1280   // per warp and chunk: 2 x 512 (rows g, g + 8) + 2 x 128 (scale words)
+#define QG_STAGE_BYTES (QG_UPL * QG_CHUNK_BYTES)
 
 __device__ __forceinline__ uint32_t qg_u(__half2 h) { return *reinterpret_cast<uint32_t *>(&h); }
 __device__ __forceinline__ __half2 qg_h(uint32_t u) { return *reinterpret_cast<__half2 *>(&u); }
@@ -295,7 +302,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     constexpr int CW = FMT ? 128 : 64;       // columns per 64-byte chunk
     constexpr int TR = MODE ? 8 : 16;        // outputs per tile
     constexpr int SB = FMT ? 4 : 2;          // bytes per scale entry
-    constexpr int STEP = QG_WARPS * 64;      // bytes a warp's consecutive chunks are apart in a row
+    constexpr int STEP = QG_WARPS * 64 * QG_UPL;   // bytes a warp's consecutive steps are apart in a row
     extern __shared__ uint4 qg_smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const size_t rowb = FMT ? (size_t)cols / 2 : (size_t)cols;
@@ -315,9 +322,10 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const int o0 = (int)((long long)R * blockIdx.x / gridDim.x);
     const int o1 = (int)((long long)R * (blockIdx.x + 1) / gridDim.x);
     const int tiles = (o1 - o0 + TR - 1) / TR;
-    const int cpw = (nch + QG_WARPS - 1) / QG_WARPS;   // chunk steps per tile, the same for all warps
+    const int nst = (nch + QG_UPL - 1) / QG_UPL;       // steps of QG_UPL chunks per row
+    const int cpw = (nst + QG_WARPS - 1) / QG_WARPS;   // steps per tile, the same for all warps
     const int steps = tiles * cpw;
-    const int su = QG_WARPS * 4 >> (PERCH ? 0 : ush);   // scale entries a step moves on (group <= 32 units)
+    const int su = QG_WARPS * 4 * QG_UPL >> (PERCH ? 0 : ush);   // scale entries a step moves on (group <= 64 units)
     const int tmask = PERCH ? 0 : (1 << min(ush, 2)) - 1;   // lanes t sharing a group: t & ~tmask equal
 
     // issue cursor: tile ii, chunk step ik; the lane's source pointers for step (ii, ik)
@@ -326,7 +334,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     auto set_rows = [&](int i) {
         const int o = o0 + i * TR + g;
         const int r0 = min(o, o1 - 1), r1 = MODE == 1 ? R + r0 : min(o + 8, o1 - 1);
-        const int u0 = warp * 4 + t;   // the lane's unit in its first chunk
+        const int u0 = warp * 4 * QG_UPL + t;   // the lane's unit in its first chunk
         dp0 = q + (size_t)r0 * rowb + (size_t)u0 * 16;
         dp1 = q + (size_t)r1 * rowb + (size_t)u0 * 16;
         if (!PERCH) {
@@ -335,28 +343,39 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
         }
     };
     const int sstep = su * SB;                        // scale bytes a step moves on
+    // scale bytes from the lane's first chunk of a step to its chunk p (the
+    // same in every step: a step moves on by a whole number of groups)
+    int sop[QG_UPL];
+#pragma unroll
+    for (int p = 0; p < QG_UPL; p++)
+        sop[p] = PERCH ? 0 : ((((warp * 4 * QG_UPL + t) + 4 * p) >> ush) - ((warp * 4 * QG_UPL + t) >> ush)) * SB;
     const bool copier = (t & tmask) == 0;             // this lane copies its group's scale word
     const uint32_t d0 = ring_s + lane * 16, ds0 = ring_s + 1024 + lane * 4;
     uint32_t io = 0;   // ring offset of the next issue
-    auto issue = [&]() {   // one chunk step, then advance; always exactly one commit group
+    auto issue = [&]() {   // one step of QG_UPL chunks, then advance; always exactly one commit group
         if (ii < tiles) {
-            const int ch = warp + QG_WARPS * ik;
-            const void *s0 = FMT == 1 ? (const void *)sp0 : (const void *)((uintptr_t)sp0 & ~(uintptr_t)3);
-            const void *s1 = FMT == 1 ? (const void *)sp1 : (const void *)((uintptr_t)sp1 & ~(uintptr_t)3);
-            if (ch * 4 + 4 <= nu) {   // the whole chunk lies in the row (uniform over the warp)
-                qg_cp16(d0 + io, dp0);
-                qg_cp16(d0 + io + 512, dp1);
-                // one lane per group copies the scale word (QI8 grouped: the aligned word
-                // holding the f16 scale); lanes of the same group read its slot (copies of
-                // one address by four lanes were measured 30% slower for int4 g128)
-                if (!PERCH && copier) { qg_cp4(ds0 + io, s0); qg_cp4(ds0 + io + 128, s1); }
-            } else if (ch < nch) {   // a short last chunk: lanes past the row's end fill zeros
-                const uint32_t nb = ch * 4 + t < nu ? 16 : 0;
-                qg_cp16z(d0 + io, nb ? (const void *)dp0 : (const void *)q, nb);
-                qg_cp16z(d0 + io + 512, nb ? (const void *)dp1 : (const void *)q, nb);
-                if (!PERCH && copier) {
-                    qg_cp4z(ds0 + io, nb ? s0 : sp, nb >> 2);
-                    qg_cp4z(ds0 + io + 128, nb ? s1 : sp, nb >> 2);
+#pragma unroll
+            for (int p = 0; p < QG_UPL; p++) {
+                const int ch = (warp + QG_WARPS * ik) * QG_UPL + p;
+                const uint32_t o = io + p * QG_CHUNK_BYTES;
+                const uint8_t *sq0 = sp0 + sop[p], *sq1 = sp1 + sop[p];
+                const void *s0 = FMT == 1 ? (const void *)sq0 : (const void *)((uintptr_t)sq0 & ~(uintptr_t)3);
+                const void *s1 = FMT == 1 ? (const void *)sq1 : (const void *)((uintptr_t)sq1 & ~(uintptr_t)3);
+                if (ch * 4 + 4 <= nu) {   // the whole chunk lies in the row (uniform over the warp)
+                    qg_cp16(d0 + o, dp0 + 64 * p);
+                    qg_cp16(d0 + o + 512, dp1 + 64 * p);
+                    // one lane per group copies the scale word (QI8 grouped: the aligned word
+                    // holding the f16 scale); lanes of the same group read its slot (copies of
+                    // one address by four lanes were measured 30% slower for int4 g128)
+                    if (!PERCH && copier) { qg_cp4(ds0 + o, s0); qg_cp4(ds0 + o + 128, s1); }
+                } else if (ch < nch) {   // a short last chunk: lanes past the row's end fill zeros
+                    const uint32_t nb = ch * 4 + t < nu ? 16 : 0;
+                    qg_cp16z(d0 + o, nb ? (const void *)(dp0 + 64 * p) : (const void *)q, nb);
+                    qg_cp16z(d0 + o + 512, nb ? (const void *)(dp1 + 64 * p) : (const void *)q, nb);
+                    if (!PERCH && copier) {
+                        qg_cp4z(ds0 + o, nb ? s0 : sp, nb >> 2);
+                        qg_cp4z(ds0 + o + 128, nb ? s1 : sp, nb >> 2);
+                    }
                 }
             }
             dp0 += STEP; dp1 += STEP;
@@ -374,7 +393,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     qg_stage_x<FMT>(x, N, cols, kp, xs, xsc, part);
 
     // B columns past N read column N - 1 (those C columns are never stored)
-    const uint4 *xl = (const uint4 *)(xs + (size_t)min(g, N - 1) * kp + t * (CW / 4)) + warp * (CW / 8);
+    const uint4 *xl = (const uint4 *)(xs + (size_t)min(g, N - 1) * kp + t * (CW / 4)) + warp * QG_UPL * (CW / 8);
     const uint32_t magic = 0x64006400u;
     float c[2][4] = { { 0.f, 0.f, 0.f, 0.f }, { 0.f, 0.f, 0.f, 0.f } };
     int ci = 0, ck = 0;
@@ -393,23 +412,27 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     for (int st = 0; st < steps; st++) {
         issue();
         qg_wait<QG_STAGES - 1>();   // this thread's copies of step st have landed
-        if (warp + QG_WARPS * ck < nch) {
-            const uint8_t *b = ring + co;
-            const uint4 v0 = *(const uint4 *)(b + lane * 16), v1 = *(const uint4 *)(b + 512 + lane * 16);
-            uint32_t sc0 = 0, sc1 = 0;
-            if (FMT == 1 || !PERCH) {
-                sc0 = *(const uint32_t *)(b + 1024 + sl * 4);
-                sc1 = *(const uint32_t *)(b + 1152 + sl * 4);
+#pragma unroll
+        for (int p = 0; p < QG_UPL; p++) {
+            const int ch = (warp + QG_WARPS * ck) * QG_UPL + p;
+            if (ch < nch) {
+                const uint8_t *b = ring + co + p * QG_CHUNK_BYTES;
+                const uint4 v0 = *(const uint4 *)(b + lane * 16), v1 = *(const uint4 *)(b + 512 + lane * 16);
+                uint32_t sc0 = 0, sc1 = 0;
+                if (FMT == 1 || !PERCH) {
+                    sc0 = *(const uint32_t *)(b + 1024 + sl * 4);
+                    sc1 = *(const uint32_t *)(b + 1152 + sl * 4);
+                }
+                if (FMT == 0 && !PERCH) {
+                    const int gi = (ch * 4 + t) >> ush;
+                    if ((par0 + gi) & 1) sc0 >>= 16;
+                    if ((par1 + gi) & 1) sc1 >>= 16;
+                }
+                qg_chunk<FMT, PERCH>(c, v0, v1, sc0, sc1, xc + p * (CW / 8), magic);
             }
-            if (FMT == 0 && !PERCH) {
-                const int gi = ((warp + QG_WARPS * ck) * 4 + t) >> ush;
-                if ((par0 + gi) & 1) sc0 >>= 16;
-                if ((par1 + gi) & 1) sc1 >>= 16;
-            }
-            qg_chunk<FMT, PERCH>(c, v0, v1, sc0, sc1, xc, magic);
         }
         co = co == (QG_STAGES - 1) * QG_STAGE_BYTES ? 0 : co + QG_STAGE_BYTES;
-        xc += QG_WARPS * CW / 8;
+        xc += QG_WARPS * QG_UPL * CW / 8;
         if (++ck == cpw) {
             ck = 0;
             xc = xl;
