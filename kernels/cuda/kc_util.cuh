@@ -71,7 +71,8 @@ __device__ __forceinline__ float kc_f16_f(uint16_t u) {
 // Programmatic dependent launch (Hopper and later): a kernel launched with
 // kc_launch may be scheduled while its predecessor in the stream drains.
 // Contract for every kernel launched that way: call kc_pdl_trigger() early
-// (lets *its* successor be scheduled) and kc_pdl_wait() before touching any
+// (lets *its* successor be scheduled; the bf16 matrix-vector kernel calls it
+// after its loads instead, gemv.cu says why) and kc_pdl_wait() before touching any
 // memory a predecessor writes or reads-after (the wait returns once the
 // predecessor grid has completed and its writes are visible). The matrix-vector
 // kernels issue their first weight loads before the wait, which hides the
