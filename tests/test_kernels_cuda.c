@@ -101,12 +101,14 @@ Test(kernels_cuda, gemv_all_dtypes)
     pg_dtype ts[] = { PG_BF16, PG_Q8_0, PG_Q4_0, PG_Q4_1 };
     /* covers 2 and 4 warps per row (n = 1; one warp per row is the SwiGLU
      * form's, below), row pairs with an odd row count (n >= 2), and column
-     * counts that leave lanes idle */
-    int shapes[][2] = { { 576, 576 }, { 384, 1536 }, { 1000, 4096 }, { 64, 96 }, { 300, 8448 }, { 577, 160 } };
+     * counts that leave lanes idle; 8448 columns at 4 warps per row take
+     * 11 loads per lane in one batch (bf16), 14336 two batches of 8 */
+    int shapes[][2] = { { 576, 576 }, { 384, 1536 }, { 1000, 4096 }, { 64, 96 }, { 300, 8448 }, { 577, 160 },
+                        { 130, 14336 } };
     int ns[] = { 1, 3, 8, 11 };
     uint64_t seed = 100;
     for (int a = 0; a < 4; a++)
-        for (int b = 0; b < 6; b++)
+        for (int b = 0; b < 7; b++)
             for (int c = 0; c < 4; c++) {
                 if (shapes[b][1] % 32) continue;
                 check_gemv(ts[a], shapes[b][0], shapes[b][1], ns[c], 0, seed++);
@@ -371,7 +373,15 @@ Test(kernels_cuda, attn_prefill)
 }
 
 /* ---------------------------------------------------------------- sampling */
+/* tie: every trial puts the largest logit at two ids (17 and vocab - 3,
+ * in different threads' strides), so a greedy pick must take the lower */
+static void check_sample_tie(const sampler_params *p, int vocab, uint64_t seed, const char *what, int tie);
 static void check_sample(const sampler_params *p, int vocab, uint64_t seed, const char *what)
+{
+    check_sample_tie(p, vocab, seed, what, 0);
+}
+
+static void check_sample_tie(const sampler_params *p, int vocab, uint64_t seed, const char *what, int tie)
 {
     pg_rng r;
     pg_rng_seed(&r, seed);
@@ -398,6 +408,11 @@ static void check_sample(const sampler_params *p, int vocab, uint64_t seed, cons
     sampler_scratch sc;
     sampler_scratch_init(&sc, vocab);
     for (int trial = 0; trial < 8; trial++) {
+        if (tie) {
+            float mx = logits[0];
+            for (int i = 1; i < vocab; i++) mx = fmaxf(mx, logits[i]);
+            logits[17] = logits[vocab - 3] = mx + 1.f;
+        }
         /* CPU: the whole pipeline; u is the slot's next draw, which we replay on the GPU */
         pg_rng saved = ss.rng;
         engine_result cpu;
@@ -418,6 +433,10 @@ static void check_sample(const sampler_params *p, int vocab, uint64_t seed, cons
         to_host(seen, dseen, (size_t)vocab);
         cr_expect_eq(go.token, cpu.token, "%s trial %d: gpu token %d cpu token %d (u %.6f)", what, trial,
                      go.token, cpu.token, u);
+        /* after trial 0 the pick is in the history, where penalties lower it */
+        const int penalized = p->repetition_penalty != 1.f || p->presence_penalty != 0.f || p->frequency_penalty != 0.f;
+        if (tie && p->temperature == 0.f && (trial == 0 || !penalized))
+            cr_expect_eq(go.token, 17, "%s trial %d: tie not to the lower id", what, trial);
         if (p->logprobs || p->top_logprobs) {
             cr_expect(fabsf(go.logprob - cpu.logprob) <= 1e-4f, "%s: logprob %g vs %g", what, go.logprob, cpu.logprob);
             cr_expect_eq(go.n_top, cpu.n_top, "%s: n_top", what);
@@ -450,6 +469,17 @@ Test(kernels_cuda, sample_matches_cpu_sampler)
     p.repetition_penalty = 1.3f; p.presence_penalty = 0.5f; p.frequency_penalty = 0.3f;
     p.n_logit_bias = 3; p.logit_bias_ids = bid; p.logit_bias_vals = bval;
     check_sample(&p, 1000, 2, "greedy+penalties+bias");
+    /* temperature 0 with no bias or penalties takes the kernel's one-pass
+     * argmax: vocabularies that are and are not multiples of 4 (vector and
+     * scalar loads), ties, logprobs; and the general path's greedy */
+    sampler_params_default(&p);
+    p.temperature = 0.f;
+    check_sample_tie(&p, 1000, 11, "T=0", 1);
+    check_sample_tie(&p, 1001, 12, "T=0 vocab 1001", 1);
+    p.logprobs = 1; p.top_logprobs = 3;
+    check_sample_tie(&p, 32000, 13, "T=0 + logprobs", 1);
+    p.repetition_penalty = 1.2f;
+    check_sample_tie(&p, 1001, 14, "T=0 + repetition penalty", 1);
     sampler_params_default(&p);
     p.temperature = 0.8f; p.top_k = 40; p.seed = 5;
     check_sample(&p, 32000, 3, "T=0.8 top_k=40");

@@ -2,7 +2,7 @@
  * kernels/cuda/gemv.cu — decode matrix-vector products y = W x for 1..8
  * activation columns, with weights in bf16 or repacked GGUF blocks
  * (Q8_0, Q4_0, Q4_1, dequantized in registers), plus the fused SwiGLU variant
- * that computes a gate row and its up row in one warp.
+ * that computes a gate row and its up row together.
  *
  * Why our own kernel: at batch 1 the product is a pure stream of the weight
  * bytes. One warp owns one output row (two adjacent rows for bf16, or a gate
@@ -20,8 +20,16 @@
  * ref_silu_mul for the SwiGLU variant.
  */
 #include "kc_util.cuh"
+#include <type_traits>
 
 #define GEMV_WARPS 4
+// Warps per SwiGLU row pair (one column), each over a contiguous 1/KS of the
+// columns. Measured end to end on an H200 (bench/results/h200.md,
+// 2026-12-03): 2 instead of 1 +1.8% (7B) / +2.1% (8B): the 7B w13 has 11008
+// row pairs, 1.3 waves of the 8448 warps an H200 holds at one warp each.
+#ifndef GEMV_SW_KS
+#define GEMV_SW_KS 2
+#endif
 
 // ---------------------------------------------------------------- weight units
 // A "unit" is the piece of a row one lane handles per step: 8 bf16 (one
@@ -119,9 +127,10 @@ struct UQ4 {
 // silu(g) * u. MODE 2: the warp computes two adjacent rows 2w and 2w + 1,
 // which halves the x traffic through L1 per weight byte (x is read with
 // ordinary loads, see the top of this file).
-// KS (MODE 0 only): KS warps of one block share a row, each over a
-// contiguous 1/KS of its columns, and add their partial sums in warp order
-// (deterministic) — more warps in flight for the short-and-wide matrices.
+// KS (MODE 0 and 1): KS warps of one block share a row (a SwiGLU row pair),
+// each over a contiguous 1/KS of its columns, and add their partial sums in
+// warp order (deterministic) — more warps in flight for matrices whose rows
+// at one warp each would fill the GPU only 1-1.5 times.
 #define GEMV_LOAD(B)                                                        \
     _Pragma("unroll") for (int u = 0; u < U; u++) {                         \
         int i = u0 + (B) + u * 32 + lane;                                   \
@@ -183,19 +192,28 @@ gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, in
     // start, +1.8% / +2.8% against no trigger at all.
     kc_pdl_trigger();
     if constexpr (KS > 1) {
-        __shared__ float red[GEMV_WARPS][N];
+        static_assert(MODE != 2, "a K split of row pairs is not built");
+        __shared__ float red[GEMV_WARPS][PAIR ? 2 : 1][N];
 #pragma unroll
         for (int n = 0; n < N; n++) {
             float g = kc_warp_sum(ag[n]);
-            if (lane == 0) red[warp][n] = g;
+            if (lane == 0) red[warp][0][n] = g;
+            if constexpr (PAIR) {
+                float u = kc_warp_sum(au[n]);
+                if (lane == 0) red[warp][PAIR ? 1 : 0][n] = u;
+            }
         }
         __syncthreads();
         if (active && wk == 0 && lane == 0) {
 #pragma unroll
             for (int n = 0; n < N; n++) {
-                float g = 0.f;
-                for (int k = 0; k < KS; k++) g += red[warp + k][n];
-                y[(size_t)n * rows + r0] = g;
+                float g = 0.f, u = 0.f;
+                for (int k = 0; k < KS; k++) {
+                    g += red[warp + k][0][n];
+                    if (PAIR) u += red[warp + k][PAIR ? 1 : 0][n];
+                }
+                if (MODE == 1) y[(size_t)n * rows + r0] = g / (1.f + __expf(-g)) * u;
+                else y[(size_t)n * rows + r0] = g;
             }
         }
     } else {
@@ -236,13 +254,26 @@ static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, f
         else if (m >= 2) { gemv_launch_n<T, 2, MODEN, UN, 1>(w, rows, xi, yi, s); m = 2; }
         else {
             /* warps per row: 4 for the short, wide matrices (4096 x 11008),
-             * 2 for the rest; a SwiGLU warp already holds two rows. Measured
+             * 2 for the rest; SwiGLU row pairs: GEMV_SW_KS. Measured
              * end to end on an H200 (bench/results/h200.md, 2026-12-02 17:41Z):
              * 2 instead of 1 for wqkv, wo and the LM head +3.2% (7B) / +1.5%
              * (8B); 4 everywhere, or 2 for the 11008-wide w2, was slower */
             int ks = MODE1 != 0 ? 1 : (w->cols >= 8192 && rows <= 8192 ? 4 : 2);
-            if (ks == 4) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 4>(w, rows, xi, yi, s);
+            /* bf16 at 4 warps per row: 11 loads per lane instead of 8 when
+             * that covers the warp's share in one batch (the 7B w2: 344
+             * 16-byte units per warp; 8 per lane left a second batch with 88
+             * of 256 lanes busy): +0.9% 7B in two runs on an H200
+             * (2026-12-03); 14 for the 8B w2's 448 units was 0.3% slower */
+            bool fit11 = false;
+            if constexpr (std::is_same<T, UBf16>::value && MODE1 == 0) {
+                const int upw = KC_CDIV(w->cols / T::E, ks);   // units per warp
+                fit11 = ks == 4 && upw > 32 * U1 && upw <= 32 * 11;
+                if (fit11) gemv_launch_n<T, 1, 0, 11, 4>(w, rows, xi, yi, s);
+            }
+            if (fit11) {}
+            else if (ks == 4) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 4>(w, rows, xi, yi, s);
             else if (ks == 2) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 2>(w, rows, xi, yi, s);
+            else if (MODE1) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? GEMV_SW_KS : 1>(w, rows, xi, yi, s);
             else gemv_launch_n<T, 1, MODE1, U1, 1>(w, rows, xi, yi, s);
             m = 1;
         }

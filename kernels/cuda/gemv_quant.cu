@@ -410,8 +410,16 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const uint4 *xc = xl;                         // B fragments of the current step
     uint32_t co = 0;                              // ring offset of the current step
     for (int st = 0; st < steps; st++) {
+        // A scale word is copied by one lane and read by the lanes of its
+        // group, so the ring is shared within the warp: every lane is past
+        // its reads of the stage issue() refills, and the copier's word has
+        // landed before the others read it. (The warp runs converged here, so
+        // these cost next to nothing, but without them the order is not
+        // guaranteed by the memory model.)
+        if (!PERCH) __syncwarp();
         issue();
         qg_wait<QG_STAGES - 1>();   // this thread's copies of step st have landed
+        if (!PERCH) __syncwarp();
 #pragma unroll
         for (int p = 0; p < QG_UPL; p++) {
             const int ch = (warp + QG_WARPS * ck) * QG_UPL + p;

@@ -90,75 +90,98 @@ sample_kernel(const float *logits, int vocab, const int32_t *slots,
     uint8_t *seen = st.seen + (size_t)slot * vocab;
     const int tid = threadIdx.x;
 
-    // 2-3: bias (serially: ids may repeat), then penalties, on a copy
     const bool rep = P.rep_pen != 1.f, pf = P.pres_pen != 0.f || P.freq_pen != 0.f;
-    for (int i = tid; i < vocab; i += blockDim.x) w[i] = raw[i];
-    __syncthreads();
-    if (tid == 0)
-        for (int j = 0; j < P.n_bias; j++) w[P.bias_ids[j]] += P.bias_vals[j];
-    __syncthreads();
-    if (rep || pf) {
-        for (int i = tid; i < vocab; i += blockDim.x) {
-            if (!seen[i]) continue;
-            float l = w[i];
-            if (rep) l = l > 0.f ? l / P.rep_pen : l * P.rep_pen;
-            if (pf && gen[i] > 0) l -= P.pres_pen + P.freq_pen * (float)gen[i];
-            w[i] = l;
-        }
-        __syncthreads();
-    }
-
-    // 4: greedy
     float bv; int bi;
-    {
+    if (P.temperature == 0.f && P.n_bias == 0 && !rep && !pf) {
+        // plain greedy (every decode step of `bench`, and temperature 0 with
+        // no bias or penalties): the argmax of the raw row, read once, with
+        // no copy into the work row (the steps below would leave it equal to
+        // raw); the same (value desc, id asc) order as the general path
         float v = -INFINITY; int id = 0x7fffffff;
-        for (int i = tid; i < vocab; i += blockDim.x)
-            if (w[i] > v || (w[i] == v && i < id)) { v = w[i]; id = i; }
+        if ((vocab & 3) == 0) {   // rows start 16-byte aligned
+            const float4 *r4 = (const float4 *)raw;
+            for (int i = tid; i < vocab / 4; i += blockDim.x) {
+                const float4 a = r4[i];
+                const float e[4] = { a.x, a.y, a.z, a.w };
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    if (e[k] > v) { v = e[k]; id = 4 * i + k; }   // ids ascend within a thread
+            }
+        } else {
+            for (int i = tid; i < vocab; i += blockDim.x)
+                if (raw[i] > v) { v = raw[i]; id = i; }
+        }
         block_argmax(v, id, sh.red, sh.ired, bv, bi);
-    }
-    if (P.temperature == 0.f) {
         if (tid == 0) s_tok = bi;
     } else {
-        // 5: p = exp(l/T - max/T): the top token has p = 1
-        const float inv_t = 1.f / P.temperature, mx = bv * inv_t;
-        for (int i = tid; i < vocab; i += blockDim.x) w[i] = expf(w[i] * inv_t - mx);
+        // 2-3: bias (serially: ids may repeat), then penalties, on a copy
+        for (int i = tid; i < vocab; i += blockDim.x) w[i] = raw[i];
         __syncthreads();
-        // 6-8 as probability thresholds: kept = {p >= T}
-        float T = 0.f;
-        if (P.top_k > 0 && P.top_k < vocab) {   // k-th largest p
-            const float k = (float)P.top_k;
-            T = largest_true(0.f, 1.f, [&](float v) { return mass_ge(w, vocab, v, 0.f, true, sh.red) >= k; });
-        }
-        if (P.top_p < 1.f) {   // smallest sorted prefix whose mass reaches top_p
-            const float need = P.top_p * mass_ge(w, vocab, T, 0.f, false, sh.red);
-            const float T0 = T;
-            T = largest_true(T0, 1.f, [&](float v) { return mass_ge(w, vocab, v, T0, false, sh.red) >= need; });
-        }
-        if (P.min_p > 0.f) T = fmaxf(T, P.min_p);   // p_max is 1
-        // 9: walk in descending p: the pick has the largest p* with
-        // mass{p >= p*} > u * total; ties at p* go in id order
-        const float total = mass_ge(w, vocab, T, 0.f, false, sh.red);
-        const float target = us[b] * total;
-        const float ps = largest_true(T, 1.f, [&](float v) { return mass_ge(w, vocab, v, T, false, sh.red) > target; });
-        const float above = mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, false, sh.red);
-        const float nties = mass_ge(w, vocab, ps, T, true, sh.red) - mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, true, sh.red);
-        if (nties <= 1.5f) {
-            if (tid == 0) s_tok = 0x7fffffff;
-            __syncthreads();
-            for (int i = tid; i < vocab; i += blockDim.x)
-                if (w[i] == ps) atomicMin(&s_tok, i);
-        } else if (tid == 0) {   // rare: several ids share p*; walk them in id order
-            float c = above;
-            int tok = -1, last = 0;
-            for (int i = 0; i < vocab; i++) {
-                if (w[i] != ps) continue;
-                last = i;
-                c += ps;
-                if (c > target) { tok = i; break; }
+        if (tid == 0)
+            for (int j = 0; j < P.n_bias; j++) w[P.bias_ids[j]] += P.bias_vals[j];
+        __syncthreads();
+        if (rep || pf) {
+            for (int i = tid; i < vocab; i += blockDim.x) {
+                if (!seen[i]) continue;
+                float l = w[i];
+                if (rep) l = l > 0.f ? l / P.rep_pen : l * P.rep_pen;
+                if (pf && gen[i] > 0) l -= P.pres_pen + P.freq_pen * (float)gen[i];
+                w[i] = l;
             }
-            s_tok = tok >= 0 ? tok : last;
+            __syncthreads();
         }
-    }
+
+        // 4: greedy
+        {
+            float v = -INFINITY; int id = 0x7fffffff;
+            for (int i = tid; i < vocab; i += blockDim.x)
+                if (w[i] > v || (w[i] == v && i < id)) { v = w[i]; id = i; }
+            block_argmax(v, id, sh.red, sh.ired, bv, bi);
+        }
+        if (P.temperature == 0.f) {
+            if (tid == 0) s_tok = bi;
+        } else {
+            // 5: p = exp(l/T - max/T): the top token has p = 1
+            const float inv_t = 1.f / P.temperature, mx = bv * inv_t;
+            for (int i = tid; i < vocab; i += blockDim.x) w[i] = expf(w[i] * inv_t - mx);
+            __syncthreads();
+            // 6-8 as probability thresholds: kept = {p >= T}
+            float T = 0.f;
+            if (P.top_k > 0 && P.top_k < vocab) {   // k-th largest p
+                const float k = (float)P.top_k;
+                T = largest_true(0.f, 1.f, [&](float v) { return mass_ge(w, vocab, v, 0.f, true, sh.red) >= k; });
+            }
+            if (P.top_p < 1.f) {   // smallest sorted prefix whose mass reaches top_p
+                const float need = P.top_p * mass_ge(w, vocab, T, 0.f, false, sh.red);
+                const float T0 = T;
+                T = largest_true(T0, 1.f, [&](float v) { return mass_ge(w, vocab, v, T0, false, sh.red) >= need; });
+            }
+            if (P.min_p > 0.f) T = fmaxf(T, P.min_p);   // p_max is 1
+            // 9: walk in descending p: the pick has the largest p* with
+            // mass{p >= p*} > u * total; ties at p* go in id order
+            const float total = mass_ge(w, vocab, T, 0.f, false, sh.red);
+            const float target = us[b] * total;
+            const float ps = largest_true(T, 1.f, [&](float v) { return mass_ge(w, vocab, v, T, false, sh.red) > target; });
+            const float above = mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, false, sh.red);
+            const float nties = mass_ge(w, vocab, ps, T, true, sh.red) - mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, true, sh.red);
+            if (nties <= 1.5f) {
+                if (tid == 0) s_tok = 0x7fffffff;
+                __syncthreads();
+                for (int i = tid; i < vocab; i += blockDim.x)
+                    if (w[i] == ps) atomicMin(&s_tok, i);
+            } else if (tid == 0) {   // rare: several ids share p*; walk them in id order
+                float c = above;
+                int tok = -1, last = 0;
+                for (int i = 0; i < vocab; i++) {
+                    if (w[i] != ps) continue;
+                    last = i;
+                    c += ps;
+                    if (c > target) { tok = i; break; }
+                }
+                s_tok = tok >= 0 ? tok : last;
+            }
+        }
+    }   // general path
     __syncthreads();
     // defensive: a pick outside the vocabulary would be our bug; never index with it
     const int tok = (s_tok >= 0 && s_tok < vocab) ? s_tok : bi;
