@@ -5,9 +5,11 @@
  * that computes a gate row and its up row together.
  *
  * Why our own kernel: at batch 1 the product is a pure stream of the weight
- * bytes. One warp owns one output row (two adjacent rows for bf16, or a gate
- * row and its up row for SwiGLU); each lane issues U independent 16-byte
- * loads (ld.global.nc.L1::no_allocate: weights are used once per step) before
+ * bytes. One warp owns one output row (or a gate row and its up row for
+ * SwiGLU; with several columns, two adjacent rows), or with one column KS
+ * warps of a block split its columns (KS chosen by shape); each lane issues
+ * U independent 16-byte loads (ld.global.nc.L1::no_allocate: weights are
+ * used once per step) before
  * the first FMA, so every SM keeps tens of KB in flight, which is what HBM3
  * needs. x (fp32, at most 8 columns) is read through L1, where all warps of a
  * block share it, with ordinary loads: under programmatic dependent launch the
@@ -238,8 +240,8 @@ static void gemv_launch_n(const kc_matrix *w, int rows, const float *x, float *y
               w->q, w->s, rows, w->cols, x, y);
 }
 
-/* One column: MODE1/U1 with a K split chosen by shape (short, wide matrices
- * get 2 or 4 warps per row); 2..8 columns: MODEN/UN. */
+/* One column: MODE1/U1, with warps per row and loads per lane chosen by
+ * shape (below); 2..8 columns: MODEN/UN. */
 template <class T, int MODE1, int U1, int MODEN, int UN>
 static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, float *y,
                           cudaStream_t s)
@@ -253,28 +255,30 @@ static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, f
         else if (m >= 4) { gemv_launch_n<T, 4, MODEN, UN, 1>(w, rows, xi, yi, s); m = 4; }
         else if (m >= 2) { gemv_launch_n<T, 2, MODEN, UN, 1>(w, rows, xi, yi, s); m = 2; }
         else {
-            /* warps per row: 4 for the short, wide matrices (4096 x 11008),
-             * 2 for the rest; SwiGLU row pairs: GEMV_SW_KS. Measured
-             * end to end on an H200 (bench/results/h200.md, 2026-12-02 17:41Z):
-             * 2 instead of 1 for wqkv, wo and the LM head +3.2% (7B) / +1.5%
-             * (8B); 4 everywhere, or 2 for the 11008-wide w2, was slower */
-            int ks = MODE1 != 0 ? 1 : (w->cols >= 8192 && rows <= 8192 ? 4 : 2);
-            /* bf16 at 4 warps per row: 11 loads per lane instead of 8 when
-             * that covers the warp's share in one batch (the 7B w2: 344
-             * 16-byte units per warp; 8 per lane left a second batch with 88
-             * of 256 lanes busy): +0.9% 7B in two runs on an H200
-             * (2026-12-03); 14 for the 8B w2's 448 units was 0.3% slower */
-            bool fit11 = false;
-            if constexpr (std::is_same<T, UBf16>::value && MODE1 == 0) {
-                const int upw = KC_CDIV(w->cols / T::E, ks);   // units per warp
-                fit11 = ks == 4 && upw > 32 * U1 && upw <= 32 * 11;
-                if (fit11) gemv_launch_n<T, 1, 0, 11, 4>(w, rows, xi, yi, s);
+            /* One column: warps per row (a K split) and loads per lane by
+             * shape, each choice measured end to end on an H200
+             * (bench/results/h200.md): a wave of warps should be full (an
+             * H200 holds 8448) and a warp's share of a row one batch of
+             * loads. SwiGLU row pairs: GEMV_SW_KS warps. bf16: 4 warps x 4
+             * loads for rows of <= 4096 columns (wo, the 8B wqkv; +0.9% 7B,
+             * +1.5% 8B against 2 x 8, 2026-12-03); 4 warps for the short,
+             * wide w2, with 11 loads per lane where that makes one batch (the
+             * 7B w2, 344 units per warp: +0.9%; 14 for the 8B w2 was 0.3%
+             * slower); 2 warps x 8 loads for the rest (wqkv, the LM head:
+             * +3.2% 7B against 1 warp, 2026-12-02; 4 everywhere was slower) */
+            const bool wide = w->cols >= 8192 && rows <= 8192;
+            if constexpr (MODE1 != 0) {
+                gemv_launch_n<T, 1, MODE1, U1, GEMV_SW_KS>(w, rows, xi, yi, s);
+            } else if constexpr (std::is_same<T, UBf16>::value) {
+                const int upw4 = KC_CDIV(w->cols / T::E, 4);   // 16-byte units per warp at 4 warps
+                if (w->cols <= 4096 && rows <= 8192) gemv_launch_n<T, 1, 0, 4, 4>(w, rows, xi, yi, s);
+                else if (wide && upw4 > 32 * U1 && upw4 <= 32 * 11) gemv_launch_n<T, 1, 0, 11, 4>(w, rows, xi, yi, s);
+                else if (wide) gemv_launch_n<T, 1, 0, U1, 4>(w, rows, xi, yi, s);
+                else gemv_launch_n<T, 1, 0, U1, 2>(w, rows, xi, yi, s);
+            } else {
+                if (wide) gemv_launch_n<T, 1, 0, U1, 4>(w, rows, xi, yi, s);
+                else gemv_launch_n<T, 1, 0, U1, 2>(w, rows, xi, yi, s);
             }
-            if (fit11) {}
-            else if (ks == 4) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 4>(w, rows, xi, yi, s);
-            else if (ks == 2) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? 1 : 2>(w, rows, xi, yi, s);
-            else if (MODE1) gemv_launch_n<T, 1, MODE1, U1, MODE1 ? GEMV_SW_KS : 1>(w, rows, xi, yi, s);
-            else gemv_launch_n<T, 1, MODE1, U1, 1>(w, rows, xi, yi, s);
             m = 1;
         }
         i += m;
