@@ -12,6 +12,9 @@
 #   AB_BENCH  file of `peregrine bench` argument lists, one per line; a line
 #             that starts with @v1,v2 runs only on those variants and base
 #   REPS      repetitions (default 2)
+#   AB_TESTS  optional GPU test suites (e.g. "kernels_cuda engine_cuda") built
+#             and run for every variant but base after the bench lines; one
+#             line per (variant, suite) in ab.txt, failed assertions below it
 # Needs scripts/gpu-deps.sh's .deps/root carried to the GPU machine; run
 # from the repository root with OUT set. A variant whose sed script changes
 # nothing is reported and dropped (a stale pattern must not pass as a result).
@@ -52,6 +55,17 @@ while IFS= read -r line; do
     done
   done
 done < "$AB_BENCH"
+for v in $built; do
+  [ $v = base ] && continue
+  for t in ${AB_TESTS:-}; do
+    make -C $T/$v -j16 SM=90 BUILD=b DEPS_ROOT=.deps/root WARN=-Wall b/tests/test_$t > $T/$v.t_$t.build.log 2>&1 ||
+      { echo "variant $v: test_$t build failed" | tee -a $R; continue; }
+    ( cd $T/$v && PEREGRINE_GPU_GGUF=$PWD/.deps/gpu/smollm2-4l.gguf timeout 300 b/tests/test_$t --verbose=1 \
+        > $T/$v.t_$t.log 2>&1 )
+    echo "variant $v: $t rc=$? $(grep Synthesis $T/$v.t_$t.log)" | tee -a $R
+    grep -h -A2 "Assertion Failed" $T/$v.t_$t.log | grep -v "^\[----\] *$\|^--$" | tee -a $R
+  done
+done
 echo "== medians (tok/s) and ratio to base" | tee -a $R
 grep '^L[0-9]* rep' $R | awk '{k = $1 " " $3; n[k]++; v[k, n[k]] = $4; line[$1] = $0; sub(/^.*:: /, "", line[$1]); order[$1] = 1; vs[$3] = 1}
   END { for (k in n) { m = n[k]; for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[k, b] < v[k, a]) { t = v[k, a]; v[k, a] = v[k, b]; v[k, b] = t }
