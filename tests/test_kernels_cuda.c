@@ -99,10 +99,10 @@ Test(kernels_cuda, gemv_all_dtypes)
 {
     NEED_GPU();
     pg_dtype ts[] = { PG_BF16, PG_Q8_0, PG_Q4_0, PG_Q4_1 };
-    /* covers 2 and 4 warps per row (n = 1; one warp per row is the SwiGLU
-     * form's, below), row pairs with an odd row count (n >= 2), and column
-     * counts that leave lanes idle; 8448 columns at 4 warps per row take
-     * 11 loads per lane in one batch (bf16), 14336 two batches of 8 */
+    /* covers the one-column launch shapes of gemv.cu (2 or 4 warps per row;
+     * bf16: 4 loads per lane at <= 4096 columns, 11 in one batch at 8448,
+     * two batches of 8 at 14336), row pairs with an odd row count (n >= 2),
+     * and column counts that leave lanes idle */
     int shapes[][2] = { { 576, 576 }, { 384, 1536 }, { 1000, 4096 }, { 64, 96 }, { 300, 8448 }, { 577, 160 },
                         { 130, 14336 } };
     int ns[] = { 1, 3, 8, 11 };
@@ -464,11 +464,11 @@ Test(kernels_cuda, sample_matches_cpu_sampler)
     float bval[3] = { 5.f, -100.f, 2.f };
     sampler_params_default(&p);
     p.logprobs = 1; p.top_logprobs = 5;
-    check_sample(&p, 1000, 1, "greedy+logprobs");
+    check_sample(&p, 1000, 1, "T=1 + logprobs");
     sampler_params_default(&p);
     p.repetition_penalty = 1.3f; p.presence_penalty = 0.5f; p.frequency_penalty = 0.3f;
     p.n_logit_bias = 3; p.logit_bias_ids = bid; p.logit_bias_vals = bval;
-    check_sample(&p, 1000, 2, "greedy+penalties+bias");
+    check_sample(&p, 1000, 2, "T=1 + penalties + bias");
     /* temperature 0 with no bias or penalties takes the kernel's one-pass
      * argmax: vocabularies that are and are not multiples of 4 (vector and
      * scalar loads), ties, logprobs; and the general path's greedy */
