@@ -226,6 +226,10 @@ def test_gate_runs_are_what_they_say(gate):
         got = (r["quant"], r["group_size"], r["lm_head_quantized"], r["kv_cache"])
         assert got == (quant, gs, lm, kv), (name, got)
         assert r["stored_weights"] == res["baseline"]["stored_weights"], (name, r["stored_weights"])
+        # the words for people are the engine's (`bench` and `serve` print the same)
+        words = ("as stored (%s)" % r["stored_weights"] if quant == "none"
+                 else (f"int4 g{gs}" if quant == "int4" else quant) + ("" if lm else ", LM head as stored"))
+        assert r["weights"] == words, (name, r["weights"], words)
     r = res[CALIBRATED]   # the checkpoint `quantize --calib` wrote loads as it is stored
     if not isinstance(r, str):
         assert r["stored_weights"].startswith("QI4 g") and r["quant"] == "none", r

@@ -238,12 +238,12 @@ int perplexity_main(int argc, char **argv) {
                 n += snprintf(stored + n, sizeof stored - n, "%s%d", first ? " g" : ",", g), first = 0;
         }
     }
-    char qdesc[80];
-    if (eo.quant == WQUANT_INT4) snprintf(qdesc, sizeof qdesc, "int4 g%d", eo.group_size);
-    else if (eo.quant == WQUANT_NONE) snprintf(qdesc, sizeof qdesc, "as stored (%s)", stored);
-    else snprintf(qdesc, sizeof qdesc, "%s", quant);
-    if (eo.quant != WQUANT_NONE && !info.quant_lm_head)   /* as the engine resolved it */
-        snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " (lm head as stored)");
+    /* the engine's wording (as `bench` and `serve` print it), with the stored
+     * format named when the weights run as stored */
+    char qdesc[128];
+    engine_weights_desc(&info, qdesc, sizeof qdesc);
+    if (eo.quant == WQUANT_NONE)
+        snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " (%s)", stored);
     /* the engine resolved --kv-cache auto; ask it what it holds */
     double kv_per_tok = (double)info.kv_bytes_per_token;
     const char *kv = engine_kv_name(info.kv);
