@@ -202,7 +202,7 @@ gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, in
             if (lane == 0) red[warp][0][n] = g;
             if constexpr (PAIR) {
                 float u = kc_warp_sum(au[n]);
-                if (lane == 0) red[warp][PAIR ? 1 : 0][n] = u;
+                if (lane == 0) red[warp][1][n] = u;
             }
         }
         __syncthreads();
@@ -212,7 +212,7 @@ gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, in
                 float g = 0.f, u = 0.f;
                 for (int k = 0; k < KS; k++) {
                     g += red[warp + k][0][n];
-                    if (PAIR) u += red[warp + k][PAIR ? 1 : 0][n];
+                    if constexpr (PAIR) u += red[warp + k][1][n];
                 }
                 if (MODE == 1) y[(size_t)n * rows + r0] = g / (1.f + __expf(-g)) * u;
                 else y[(size_t)n * rows + r0] = g;

@@ -171,11 +171,66 @@ __device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, cons
 // QI4 in the nibble-pair order of qg_deq4. One pass for the column maxima
 // (warp partials in part[N][QG_WARPS]), one barrier, one pass that converts
 // (x is then in L1), one barrier.
+#define QG_XREG 16   // float4s of x per thread in the one-column staging (cols <= 16384)
+
 template <int FMT>
 __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int kp, __half *xs, float *xsc,
                                            float *part)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (N == 1 && kp <= QG_XREG * 4 * QG_WARPS * 32) {
+        // One column (decode): every load of x goes out at once into
+        // registers (one dependent round trip to L2, where the two-pass form
+        // below pays one per unrolled batch of its first loop: three for the
+        // 11008-wide w2), the maximum, one barrier, the f16 conversion from
+        // the registers. The same values and scale as the two-pass form:
+        // the same bits. Thread t holds columns 4 t' .. 4 t' + 3, t' = t +
+        // k * blockDim.x; past cols (up to kp) zeros.
+        float4 r[QG_XREG];
+        float mx = 0.f;
+#pragma unroll
+        for (int k = 0; k < QG_XREG; k++) {
+            const int c = (threadIdx.x + k * QG_WARPS * 32) * 4;
+            r[k] = c < cols ? *(const float4 *)(x + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(r[k].x), fabsf(r[k].y)), fmaxf(fabsf(r[k].z), fabsf(r[k].w))));
+        }
+        mx = kc_warp_max(mx);
+        if (lane == 0) part[warp] = mx;
+        __syncthreads();
+        mx = 0.f;
+#pragma unroll
+        for (int w = 0; w < QG_WARPS; w++) mx = fmaxf(mx, part[w]);
+        int e = 0;
+        if (mx > 0.f && isfinite(mx)) { frexpf(mx, &e); e = max(0, e - 15); }
+        const float sc = ldexpf(1.f, -e);
+        if (threadIdx.x == 0) xsc[0] = ldexpf(1.f, e);
+#pragma unroll
+        for (int k = 0; k < QG_XREG; k++) {
+            const int c = (threadIdx.x + k * QG_WARPS * 32) * 4;
+            const float v0 = r[k].x * sc, v1 = r[k].y * sc, v2 = r[k].z * sc, v3 = r[k].w * sc;
+            if constexpr (FMT == 1) {
+                // a group of 8 columns is held by an even thread (0-3) and the
+                // odd one after it (4-7); the nibble-pair order of qg_deq4
+                // wants (j, j + 4): the even thread writes pairs 0, 1 and the
+                // odd one pairs 2, 3, each with two values from the other
+                const bool odd = threadIdx.x & 1;
+                // sent: the odd thread its 0, 1 (the group's 4, 5), the even
+                // one its 2, 3
+                const float s0 = __shfl_xor_sync(0xffffffffu, odd ? v0 : v2, 1);
+                const float s1 = __shfl_xor_sync(0xffffffffu, odd ? v1 : v3, 1);
+                uint2 o;
+                if (!odd) { o.x = qg_u(__floats2half2_rn(v0, s0)); o.y = qg_u(__floats2half2_rn(v1, s1)); }
+                else      { o.x = qg_u(__floats2half2_rn(s0, v2)); o.y = qg_u(__floats2half2_rn(s1, v3)); }
+                if (c < kp) *(uint2 *)(xs + (c & ~7) + (odd ? 4 : 0)) = o;
+            } else {
+                uint2 o;
+                o.x = qg_u(__floats2half2_rn(v0, v1)); o.y = qg_u(__floats2half2_rn(v2, v3));
+                if (c < kp) *(uint2 *)(xs + c) = o;
+            }
+        }
+        __syncthreads();
+        return;
+    }
     for (int n = 0; n < N; n++) {
         float mx = 0.f;
         for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {

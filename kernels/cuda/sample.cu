@@ -46,6 +46,28 @@ __device__ __forceinline__ void block_argmax(float v, int id, float *rv, int *ri
     ov = v; oi = id;
 }
 
+// This thread's (largest value, its lowest id) over a row, for block_argmax:
+// each thread visits its ids in ascending order, so a strict > keeps the
+// lowest id of a tie. 16-byte loads when vocab is a multiple of 4 (rows then
+// start 16-byte aligned: they come from cudaMalloc at multiples of vocab).
+__device__ __forceinline__ void thread_argmax(const float *row, int vocab, float &v, int &id)
+{
+    v = -INFINITY; id = 0x7fffffff;
+    if ((vocab & 3) == 0) {
+        const float4 *r4 = (const float4 *)row;
+        for (int i = threadIdx.x; i < vocab / 4; i += blockDim.x) {
+            const float4 a = r4[i];
+            const float e[4] = { a.x, a.y, a.z, a.w };
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                if (e[k] > v) { v = e[k]; id = 4 * i + k; }
+        }
+    } else {
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+            if (row[i] > v) { v = row[i]; id = i; }
+    }
+}
+
 // Sum over kept ids (p >= v and p >= floor) of p (or of 1 when count).
 __device__ float mass_ge(const float *w, int vocab, float v, float floor_, bool count, float *red)
 {
@@ -90,31 +112,13 @@ sample_kernel(const float *logits, int vocab, const int32_t *slots,
     uint8_t *seen = st.seen + (size_t)slot * vocab;
     const int tid = threadIdx.x;
 
+    // 2-3: bias (serially: ids may repeat), then penalties, on a copy.
+    // Plain greedy (temperature 0, no bias, no penalties: every decode step
+    // of `bench`) needs no copy: the argmax reads the raw row once.
     const bool rep = P.rep_pen != 1.f, pf = P.pres_pen != 0.f || P.freq_pen != 0.f;
-    float bv; int bi;
-    if (P.temperature == 0.f && P.n_bias == 0 && !rep && !pf) {
-        // plain greedy (every decode step of `bench`, and temperature 0 with
-        // no bias or penalties): the argmax of the raw row, read once, with
-        // no copy into the work row (the steps below would leave it equal to
-        // raw); the same (value desc, id asc) order as the general path
-        float v = -INFINITY; int id = 0x7fffffff;
-        if ((vocab & 3) == 0) {   // rows start 16-byte aligned
-            const float4 *r4 = (const float4 *)raw;
-            for (int i = tid; i < vocab / 4; i += blockDim.x) {
-                const float4 a = r4[i];
-                const float e[4] = { a.x, a.y, a.z, a.w };
-#pragma unroll
-                for (int k = 0; k < 4; k++)
-                    if (e[k] > v) { v = e[k]; id = 4 * i + k; }   // ids ascend within a thread
-            }
-        } else {
-            for (int i = tid; i < vocab; i += blockDim.x)
-                if (raw[i] > v) { v = raw[i]; id = i; }
-        }
-        block_argmax(v, id, sh.red, sh.ired, bv, bi);
-        if (tid == 0) s_tok = bi;
-    } else {
-        // 2-3: bias (serially: ids may repeat), then penalties, on a copy
+    const bool plain = P.temperature == 0.f && P.n_bias == 0 && !rep && !pf;
+    const float *src = raw;
+    if (!plain) {
         for (int i = tid; i < vocab; i += blockDim.x) w[i] = raw[i];
         __syncthreads();
         if (tid == 0)
@@ -130,58 +134,59 @@ sample_kernel(const float *logits, int vocab, const int32_t *slots,
             }
             __syncthreads();
         }
+        src = w;
+    }
 
-        // 4: greedy
-        {
-            float v = -INFINITY; int id = 0x7fffffff;
-            for (int i = tid; i < vocab; i += blockDim.x)
-                if (w[i] > v || (w[i] == v && i < id)) { v = w[i]; id = i; }
-            block_argmax(v, id, sh.red, sh.ired, bv, bi);
+    // 4: greedy (the sampling below runs on w: temperature > 0 is never plain)
+    float bv; int bi;
+    {
+        float v; int id;
+        thread_argmax(src, vocab, v, id);
+        block_argmax(v, id, sh.red, sh.ired, bv, bi);
+    }
+    if (P.temperature == 0.f) {
+        if (tid == 0) s_tok = bi;
+    } else {
+        // 5: p = exp(l/T - max/T): the top token has p = 1
+        const float inv_t = 1.f / P.temperature, mx = bv * inv_t;
+        for (int i = tid; i < vocab; i += blockDim.x) w[i] = expf(w[i] * inv_t - mx);
+        __syncthreads();
+        // 6-8 as probability thresholds: kept = {p >= T}
+        float T = 0.f;
+        if (P.top_k > 0 && P.top_k < vocab) {   // k-th largest p
+            const float k = (float)P.top_k;
+            T = largest_true(0.f, 1.f, [&](float v) { return mass_ge(w, vocab, v, 0.f, true, sh.red) >= k; });
         }
-        if (P.temperature == 0.f) {
-            if (tid == 0) s_tok = bi;
-        } else {
-            // 5: p = exp(l/T - max/T): the top token has p = 1
-            const float inv_t = 1.f / P.temperature, mx = bv * inv_t;
-            for (int i = tid; i < vocab; i += blockDim.x) w[i] = expf(w[i] * inv_t - mx);
+        if (P.top_p < 1.f) {   // smallest sorted prefix whose mass reaches top_p
+            const float need = P.top_p * mass_ge(w, vocab, T, 0.f, false, sh.red);
+            const float T0 = T;
+            T = largest_true(T0, 1.f, [&](float v) { return mass_ge(w, vocab, v, T0, false, sh.red) >= need; });
+        }
+        if (P.min_p > 0.f) T = fmaxf(T, P.min_p);   // p_max is 1
+        // 9: walk in descending p: the pick has the largest p* with
+        // mass{p >= p*} > u * total; ties at p* go in id order
+        const float total = mass_ge(w, vocab, T, 0.f, false, sh.red);
+        const float target = us[b] * total;
+        const float ps = largest_true(T, 1.f, [&](float v) { return mass_ge(w, vocab, v, T, false, sh.red) > target; });
+        const float above = mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, false, sh.red);
+        const float nties = mass_ge(w, vocab, ps, T, true, sh.red) - mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, true, sh.red);
+        if (nties <= 1.5f) {
+            if (tid == 0) s_tok = 0x7fffffff;
             __syncthreads();
-            // 6-8 as probability thresholds: kept = {p >= T}
-            float T = 0.f;
-            if (P.top_k > 0 && P.top_k < vocab) {   // k-th largest p
-                const float k = (float)P.top_k;
-                T = largest_true(0.f, 1.f, [&](float v) { return mass_ge(w, vocab, v, 0.f, true, sh.red) >= k; });
+            for (int i = tid; i < vocab; i += blockDim.x)
+                if (w[i] == ps) atomicMin(&s_tok, i);
+        } else if (tid == 0) {   // rare: several ids share p*; walk them in id order
+            float c = above;
+            int tok = -1, last = 0;
+            for (int i = 0; i < vocab; i++) {
+                if (w[i] != ps) continue;
+                last = i;
+                c += ps;
+                if (c > target) { tok = i; break; }
             }
-            if (P.top_p < 1.f) {   // smallest sorted prefix whose mass reaches top_p
-                const float need = P.top_p * mass_ge(w, vocab, T, 0.f, false, sh.red);
-                const float T0 = T;
-                T = largest_true(T0, 1.f, [&](float v) { return mass_ge(w, vocab, v, T0, false, sh.red) >= need; });
-            }
-            if (P.min_p > 0.f) T = fmaxf(T, P.min_p);   // p_max is 1
-            // 9: walk in descending p: the pick has the largest p* with
-            // mass{p >= p*} > u * total; ties at p* go in id order
-            const float total = mass_ge(w, vocab, T, 0.f, false, sh.red);
-            const float target = us[b] * total;
-            const float ps = largest_true(T, 1.f, [&](float v) { return mass_ge(w, vocab, v, T, false, sh.red) > target; });
-            const float above = mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, false, sh.red);
-            const float nties = mass_ge(w, vocab, ps, T, true, sh.red) - mass_ge(w, vocab, __uint_as_float(__float_as_uint(ps) + 1), T, true, sh.red);
-            if (nties <= 1.5f) {
-                if (tid == 0) s_tok = 0x7fffffff;
-                __syncthreads();
-                for (int i = tid; i < vocab; i += blockDim.x)
-                    if (w[i] == ps) atomicMin(&s_tok, i);
-            } else if (tid == 0) {   // rare: several ids share p*; walk them in id order
-                float c = above;
-                int tok = -1, last = 0;
-                for (int i = 0; i < vocab; i++) {
-                    if (w[i] != ps) continue;
-                    last = i;
-                    c += ps;
-                    if (c > target) { tok = i; break; }
-                }
-                s_tok = tok >= 0 ? tok : last;
-            }
+            s_tok = tok >= 0 ? tok : last;
         }
-    }   // general path
+    }
     __syncthreads();
     // defensive: a pick outside the vocabulary would be our bug; never index with it
     const int tok = (s_tok >= 0 && s_tok < vocab) ? s_tok : bi;
@@ -189,9 +194,8 @@ sample_kernel(const float *logits, int vocab, const int32_t *slots,
     // 1: logprobs of the raw logits
     kc_sample_out *o = out + b;
     if (P.logprobs || P.top_logprobs > 0) {
-        float v = -INFINITY; int id = 0x7fffffff;
-        for (int i = tid; i < vocab; i += blockDim.x)
-            if (raw[i] > v || (raw[i] == v && i < id)) { v = raw[i]; id = i; }
+        float v; int id;
+        thread_argmax(raw, vocab, v, id);
         float mv; int mi;
         block_argmax(v, id, sh.red, sh.ired, mv, mi);
         float s = 0.f;
