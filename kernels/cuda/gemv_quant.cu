@@ -172,13 +172,20 @@ __device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, cons
 // (warp partials in part[N][QG_WARPS]), one barrier, one pass that converts
 // (x is then in L1), one barrier.
 #define QG_XREG 16   // float4s of x per thread in the one-column staging (cols <= 16384)
+// Rows shorter than this take the two-pass staging even for one column: the
+// one-pass loops run all QG_XREG batches whatever the row length, which cost
+// the default model (rows of 576 and 1536 columns, 0.14 ms per step) 8% of
+// its decode rate on an H200 (7378 vs 8017 tok/s, bench/results/h200.md,
+// 2026-12-03 r9), while rows of 4096 and 11008 gained 4-8%. A version that
+// skips the batches past the row is in bench/ab/pending/sx-short-rows.diff.
+#define QG_XREG_MIN_COLS 2048
 
 template <int FMT>
 __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int kp, __half *xs, float *xsc,
                                            float *part)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (N == 1 && kp <= QG_XREG * 4 * QG_WARPS * 32) {
+    if (N == 1 && cols >= QG_XREG_MIN_COLS && kp <= QG_XREG * 4 * QG_WARPS * 32) {
         // One column (decode): every load of x goes out at once into
         // registers (one dependent round trip to L2, where the two-pass form
         // below pays one per unrolled batch of its first loop: three for the
