@@ -375,12 +375,6 @@ Test(kernels_cuda, attn_prefill)
 /* ---------------------------------------------------------------- sampling */
 /* tie: every trial puts the largest logit at two ids (17 and vocab - 3,
  * in different threads' strides), so a greedy pick must take the lower */
-static void check_sample_tie(const sampler_params *p, int vocab, uint64_t seed, const char *what, int tie);
-static void check_sample(const sampler_params *p, int vocab, uint64_t seed, const char *what)
-{
-    check_sample_tie(p, vocab, seed, what, 0);
-}
-
 static void check_sample_tie(const sampler_params *p, int vocab, uint64_t seed, const char *what, int tie)
 {
     pg_rng r;
@@ -454,6 +448,11 @@ static void check_sample_tie(const sampler_params *p, int vocab, uint64_t seed, 
     sampler_scratch_free(&sc);
     sampler_slot_free(&ss);
     free(logits); free(gc); free(seen);
+}
+
+static void check_sample(const sampler_params *p, int vocab, uint64_t seed, const char *what)
+{
+    check_sample_tie(p, vocab, seed, what, 0);
 }
 
 Test(kernels_cuda, sample_matches_cpu_sampler)

@@ -166,11 +166,6 @@ __device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, cons
     }
 }
 
-// x [N][cols] f32 (global) -> xs [N][kp] f16 (shared, zero past cols), each
-// column scaled by 2^-e so that |x| < 2^15; xsc[n] = 2^e for the epilogue.
-// QI4 in the nibble-pair order of qg_deq4. One pass for the column maxima
-// (warp partials in part[N][QG_WARPS]), one barrier, one pass that converts
-// (x is then in L1), one barrier.
 #define QG_XREG 16   // float4s of x per thread in the one-column staging (cols <= 16384)
 // Rows shorter than this take the two-pass staging even for one column: the
 // one-pass loops run all QG_XREG batches whatever the row length, which cost
@@ -180,6 +175,13 @@ __device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, cons
 // skips the batches past the row is in bench/ab/pending/sx-short-rows.diff.
 #define QG_XREG_MIN_COLS 2048
 
+// x [N][cols] f32 (global) -> xs [N][kp] f16 (shared, zero past cols), each
+// column scaled by 2^-e so that |x| < 2^15; xsc[n] = 2^e for the epilogue.
+// QI4 in the nibble-pair order of qg_deq4. One column of QG_XREG_MIN_COLS or
+// more (decode): one pass into registers, the maximum, one barrier, the
+// conversion from the registers. Otherwise: one pass for the column maxima
+// (warp partials in part[N][QG_WARPS]), one barrier, one pass that converts
+// (x is then in L1), one barrier. Both give the same bits.
 template <int FMT>
 __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int kp, __half *xs, float *xsc,
                                            float *part)
