@@ -72,6 +72,9 @@ typedef struct {
     weight_quant quant;           /* engine_opts.quant, group_size, quant_lm_head */
     int group, quant_lm_head;
     int any_q;                    /* some matrix is QI8/QI4: prefill dequantizes tiles */
+    int qi8_tiles;                /* layer matrices in QI8 with per-row scales are stored in the decode
+                                     kernel's tile order (kernels_cuda.h); PEREGRINE_NO_QI8_TILES=1 keeps
+                                     them row-major (start-up configuration, for comparisons) */
     kc_bf16 *qscratch;            /* CU_QSCRATCH bf16 elements for those tiles */
     size_t    dev_used0, dev_peak;  /* device bytes in use before init / at its peak (load staging) */
 
@@ -167,7 +170,7 @@ static int lm_shares_emb(const cu_state *s, const model *m)
 
 static void carve_matrix(carver *c, kc_matrix *m, cu_fmt f, int rows, int cols)
 {
-    m->dtype = f.t; m->rows = rows; m->cols = cols; m->group = f.group;
+    m->dtype = f.t; m->rows = rows; m->cols = cols; m->group = f.group; m->tiles = KC_TILES_NONE;
     m->q = carve(c, kc_qm_q_bytes(f.t, rows, cols, f.group));
     size_t sb = kc_qm_s_bytes(f.t, rows, cols, f.group);
     m->s = sb ? carve(c, sb) : NULL;
@@ -185,6 +188,12 @@ static void carve_weights(cu_state *s, const model *m, carver *c)
         carve_matrix(c, &L->wo, mat_fmt(s, &lw->wo, s->q_rows, 0), s->dim, s->q_rows);
         carve_matrix(c, &L->w13, mat_fmt(s, &lw->w_gate, s->dim, 0), 2 * s->hidden, s->dim);
         carve_matrix(c, &L->w2, mat_fmt(s, &lw->w_down, s->hidden, 0), s->dim, s->hidden);
+        if (s->qi8_tiles) {   /* the decode products; SwiGLU's gate and up rows tile in pairs */
+            if (kc_qi8_tileable(&L->wqkv, KC_TILES_ROWS)) L->wqkv.tiles = KC_TILES_ROWS;
+            if (kc_qi8_tileable(&L->wo, KC_TILES_ROWS)) L->wo.tiles = KC_TILES_ROWS;
+            if (kc_qi8_tileable(&L->w13, KC_TILES_PAIRS)) L->w13.tiles = KC_TILES_PAIRS;
+            if (kc_qi8_tileable(&L->w2, KC_TILES_ROWS)) L->w2.tiles = KC_TILES_ROWS;
+        }
     }
     carve_matrix(c, &s->emb, mat_fmt(s, &w->tok_embd, s->dim, 1), s->vocab, s->dim);
     if (lm_shares_emb(s, m)) s->lm_head = s->emb;
@@ -276,7 +285,12 @@ static void up_matrix(uploader *u, const tensor *t, kc_matrix *m, int64_t row0, 
     if (is_qi(t->dtype)) {   /* a quantized checkpoint: same format on the device (mat_fmt) */
         PG_ASSERT(m->dtype == t->dtype && m->group == t->group && t->cols == m->cols);
         size_t ng = (size_t)t->rows * (size_t)(t->cols / t->group), pb = t->dtype == PG_QI4 ? 4 : 2;
-        up_copy(u, (uint8_t *)m->q + (size_t)row0 * pg_dtype_row_bytes(t->dtype, t->cols), t->data, t->nbytes);
+        if (m->tiles) {   /* row-major in the file: through the staging buffer into tile order */
+            up_copy(u, u->dstage, t->data, t->nbytes);
+            k_qi8_place((const int8_t *)u->dstage, t->rows, m, row0, u->st);
+        } else {
+            up_copy(u, (uint8_t *)m->q + (size_t)row0 * pg_dtype_row_bytes(t->dtype, t->cols), t->data, t->nbytes);
+        }
         void *params = pg_xmalloc(ng * pb);
         kc_pack_qparams(t->dtype, t->qscale, t->qmin, ng, params);
         up_copy(u, (uint8_t *)m->s + (size_t)row0 * (size_t)(t->cols / t->group) * pb, params, ng * pb);
@@ -451,6 +465,10 @@ static int cu_init(engine *e, pg_err *err)
     s->L = pg_xcalloc((size_t)s->nl, sizeof *s->L);
     s->quant = e->opts.quant; s->group = e->opts.group_size > 0 ? e->opts.group_size : 32;
     s->quant_lm_head = e->opts.quant_lm_head;
+    {
+        const char *ev = getenv("PEREGRINE_NO_QI8_TILES");
+        s->qi8_tiles = !(ev && *ev && strcmp(ev, "0") != 0);
+    }
     s->any_q = 0;
     for (int l = 0; l < s->nl; l++) {
         const layer_weights *lw = &m->w.layers[l];

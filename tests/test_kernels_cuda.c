@@ -51,7 +51,7 @@ static void *rand_weights(pg_rng *r, pg_dtype t, int rows, int cols, size_t *byt
 /* Device kc_matrix from stored weights (the engine's load path). */
 static kc_matrix dev_matrix(const void *w, size_t bytes, pg_dtype t, int rows, int cols)
 {
-    kc_matrix m = { t, rows, cols, NULL, NULL, 0 };
+    kc_matrix m = { t, rows, cols, NULL, NULL, 0, KC_TILES_NONE };
     KC_CHECK(cudaMalloc(&m.q, kc_matrix_q_bytes(t, rows, cols)));
     size_t sb = kc_matrix_s_bytes(t, rows, cols);
     if (sb) KC_CHECK(cudaMalloc(&m.s, sb));

@@ -14,6 +14,10 @@
  *                       f16's range. The tensor-core kernel rounds weights
  *                       and x to f16 and sums in f32: <= 3e-3 (DESIGN.md
  *                       allows 1e-2 for quantized kernels).
+ *   qi8_tiles           int8 stored in the decode kernel's tile order: bytes
+ *                       where kc_qi8_at says (k_quantize in two row ranges,
+ *                       k_qi8_place), and decode products and dequantized
+ *                       rows bit-identical to the row-major layout's.
  *   gemm_q              prefill tiles (dequantized to bf16, tensor cores) vs
  *                       ref_matmul_q with bf16-rounded x and weights: <= 1e-2.
  *   dequant_embed       k_dequant_bf16 and k_embed vs quant_dequant_row: exact.
@@ -21,7 +25,8 @@
  *                       engine with the same options (<= 1e-2: the same
  *                       quantized model on both), int8 vs bf16 weights
  *                       (<= 5e-2; int4 g32 reported), graph == eager with
- *                       quantized weights (bit-identical logits).
+ *                       quantized weights (bit-identical logits); int8 both
+ *                       tiled (the default) and row-major.
  * Skipped when no GPU is visible or the build has no CUDA.
  */
 #include <criterion/criterion.h>
@@ -80,7 +85,7 @@ static tensor rand_tensor(pg_rng *r, pg_dtype t, int rows, int cols)
 /* Device copy of a host QI8/QI4 tensor in the device layout. */
 static kc_matrix dev_qmatrix(const tensor *t)
 {
-    kc_matrix m = { t->dtype, (int)t->rows, (int)t->cols, NULL, NULL, t->group };
+    kc_matrix m = { t->dtype, (int)t->rows, (int)t->cols, NULL, NULL, t->group, KC_TILES_NONE };
     size_t ng = (size_t)t->rows * (size_t)(t->cols / t->group);
     size_t sb = kc_qm_s_bytes(t->dtype, t->rows, t->cols, t->group);
     void *hp = pg_xmalloc(sb);
@@ -112,7 +117,7 @@ static void check_quantizer(pg_dtype src_t, pg_dtype to, int group, int rows, in
 
     /* quantize into rows [1, rows + 1) of a poisoned matrix with rows + 2 rows */
     kc_matrix m = { to, rows + 2, cols, dev_poison(kc_qm_q_bytes(to, rows + 2, cols, group)),
-                    dev_poison(kc_qm_s_bytes(to, rows + 2, cols, group)), group };
+                    dev_poison(kc_qm_s_bytes(to, rows + 2, cols, group)), group, KC_TILES_NONE };
     void *dsrc = dev_from(src.data, src.nbytes);
     k_quantize(dsrc, src_t, rows, cols, &m, 1, 0);
     uint8_t *gq = pg_xmalloc(qb), *gs = pg_xmalloc(sb);
@@ -163,7 +168,7 @@ Test(quant_cuda, gguf_exact)
         size_t qb = kc_qm_q_bytes(to, rows, cols, 32), sb = kc_qm_s_bytes(to, rows, cols, 32);
         void *hp = pg_xmalloc(sb);
         kc_pack_qparams(to, ref.qscale, ref.qmin, ng, hp);
-        kc_matrix m = { to, rows, cols, dev_poison(qb), dev_poison(sb), 32 };
+        kc_matrix m = { to, rows, cols, dev_poison(qb), dev_poison(sb), 32, KC_TILES_NONE };
         void *dsrc = dev_from(src.data, src.nbytes);
         /* two calls into row ranges, as the engine uploads wq/wk/wv into one matrix */
         size_t half = pg_dtype_row_bytes(srcs[a], cols) * 20;
@@ -229,6 +234,95 @@ static void check_gemv_q_x(pg_dtype to, int group, int rows, int cols, int n, in
 static void check_gemv_q(pg_dtype to, int group, int rows, int cols, int n, int swiglu, uint64_t seed)
 {
     check_gemv_q_x(to, group, rows, cols, n, swiglu, seed, 0.f);
+}
+
+/* The tiled QI8 layout (kernels_cuda.h) against the row-major one for one
+ * random matrix: k_quantize (in two row ranges, as the engine loads gate and
+ * up, or q/k/v, into one matrix) puts every byte where kc_qi8_at says and
+ * k_qi8_place (a checkpoint's rows) agrees bit for bit; the decode products
+ * (n = 1, 2, 8; plain and SwiGLU) and the prefill's dequantized tiles equal
+ * the row-major ones bit for bit: every output is the same sums in the same
+ * order, only the bytes' addresses differ. */
+static void check_qi8_tiles(int rows, int cols, int tiles, uint64_t seed)
+{
+    pg_rng r;
+    pg_rng_seed(&r, seed);
+    tensor src = rand_tensor(&r, PG_F32, rows, cols);
+    const size_t qb = kc_qm_q_bytes(PG_QI8, rows, cols, cols), sb = kc_qm_s_bytes(PG_QI8, rows, cols, cols);
+    kc_matrix mr = { PG_QI8, rows, cols, dev_poison(qb), dev_poison(sb), cols, KC_TILES_NONE };
+    kc_matrix mt = { PG_QI8, rows, cols, dev_poison(qb), dev_poison(sb), cols, tiles };
+    kc_matrix mp = { PG_QI8, rows, cols, dev_poison(qb), dev_poison(sb), cols, tiles };
+    cr_assert(kc_qi8_tileable(&mt, tiles), "%dx%d must be tileable", rows, cols);
+    void *dsrc = dev_from(src.data, src.nbytes);
+    /* two calls: rows [0, h) and [h, rows), h not on a tile boundary (q/k/v
+     * and gate/up splits are, but the mapping must not depend on it) */
+    const int h = rows / 2 + 5;
+    k_quantize(dsrc, PG_F32, rows, cols, &mr, 0, 0);
+    k_quantize(dsrc, PG_F32, h, cols, &mt, 0, 0);
+    k_quantize((const float *)dsrc + (size_t)h * cols, PG_F32, rows - h, cols, &mt, h, 0);
+    k_qi8_place((const int8_t *)mr.q, rows, &mp, 0, 0);
+    KC_CHECK(cudaMemcpy(mp.s, mr.s, sb, cudaMemcpyDeviceToDevice));
+    int8_t *hr = pg_xmalloc(qb), *ht = pg_xmalloc(qb), *hp = pg_xmalloc(qb);
+    KC_CHECK(cudaDeviceSynchronize());
+    to_host(hr, mr.q, qb); to_host(ht, mt.q, qb); to_host(hp, mp.q, qb);
+    size_t bad = 0;
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t c = 0; c < cols; c++) bad += hr[i * cols + c] != ht[kc_qi8_at(tiles, rows, cols, i, c)];
+    cr_expect(bad == 0, "tiles %d %dx%d: %zu quantized bytes not where kc_qi8_at puts them", tiles, rows, cols, bad);
+    cr_expect(memcmp(ht, hp, qb) == 0, "tiles %d %dx%d: k_qi8_place differs from k_quantize", tiles, rows, cols);
+    uint16_t *sr = pg_xmalloc(sb), *st = pg_xmalloc(sb);
+    to_host(sr, mr.s, sb); to_host(st, mt.s, sb);
+    cr_expect(memcmp(sr, st, sb) == 0, "tiles %d %dx%d: the row scales differ", tiles, rows, cols);
+
+    const int swiglu = tiles == KC_TILES_PAIRS, orows = swiglu ? rows / 2 : rows;
+    int ns[] = { 1, 2, 8 };
+    for (int a = 0; a < 3; a++) {
+        const int n = ns[a];
+        float *x = randn(&r, (size_t)n * cols, 1.f);
+        float *dx = dev_from(x, (size_t)n * cols * 4);
+        float *dyr = dev_poison((size_t)n * orows * 4), *dyt = dev_poison((size_t)n * orows * 4);
+        k_gemv_q(&mr, dx, n, dyr, swiglu, 0);
+        k_gemv_q(&mt, dx, n, dyt, swiglu, 0);
+        float *yr = pg_xmalloc((size_t)n * orows * 4), *yt = pg_xmalloc((size_t)n * orows * 4);
+        to_host(yr, dyr, (size_t)n * orows * 4); to_host(yt, dyt, (size_t)n * orows * 4);
+        size_t diff = 0;
+        for (size_t i = 0; i < (size_t)n * orows; i++) diff += memcmp(&yr[i], &yt[i], 4) != 0;
+        cr_log_info("gemv int8 tiles %d %dx%d n=%d: %zu of %zu outputs differ from row-major", tiles, rows, cols, n,
+                    diff, (size_t)n * orows);
+        cr_expect(diff == 0, "gemv int8 tiles %d %dx%d n=%d: %zu outputs differ from row-major", tiles, rows, cols,
+                  n, diff);
+        cudaFree(dx); cudaFree(dyr); cudaFree(dyt);
+        free(x); free(yr); free(yt);
+    }
+    /* the prefill's dequantized rows: all of them (as the engine calls it,
+     * whole tiles), then [3, rows - 1) (off every tile boundary) */
+    for (int pass = 0; pass < 2; pass++) {
+        const int64_t r0 = pass ? 3 : 0, nr = pass ? rows - 4 : rows;
+        kc_bf16 *dbr = dev_poison((size_t)nr * cols * 2), *dbt = dev_poison((size_t)nr * cols * 2);
+        k_dequant_bf16(&mr, r0, nr, dbr, 0);
+        k_dequant_bf16(&mt, r0, nr, dbt, 0);
+        kc_bf16 *br = pg_xmalloc((size_t)nr * cols * 2), *bt = pg_xmalloc((size_t)nr * cols * 2);
+        to_host(br, dbr, (size_t)nr * cols * 2); to_host(bt, dbt, (size_t)nr * cols * 2);
+        cr_expect(memcmp(br, bt, (size_t)nr * cols * 2) == 0, "tiles %d %dx%d: dequantized rows [%lld, %lld) differ",
+                  tiles, rows, cols, (long long)r0, (long long)(r0 + nr));
+        cudaFree(dbr); cudaFree(dbt); free(br); free(bt);
+    }
+    cudaFree(mr.q); cudaFree(mr.s); cudaFree(mt.q); cudaFree(mt.s); cudaFree(mp.q); cudaFree(mp.s);
+    cudaFree(dsrc);
+    free(hr); free(ht); free(hp); free(sr); free(st); free((void *)src.data);
+}
+
+Test(quant_cuda, qi8_tiles)
+{
+    NEED_GPU();
+    /* more tiles than blocks on some, one tile per block on others; 4096 and
+     * 11008 columns as in the 7B products */
+    check_qi8_tiles(192, 128, KC_TILES_ROWS, 700);
+    check_qi8_tiles(4096, 4096, KC_TILES_ROWS, 701);
+    check_qi8_tiles(64, 11008, KC_TILES_ROWS, 702);
+    check_qi8_tiles(640, 128, KC_TILES_PAIRS, 703);
+    check_qi8_tiles(2 * 1376, 4096, KC_TILES_PAIRS, 704);
+    check_qi8_tiles(48, 640, KC_TILES_PAIRS, 705);
 }
 
 /* activations far outside f16's range (real models have columns of x in the
@@ -436,6 +530,15 @@ static void cuda_vs_cpu_quant(const char *preset, weight_quant q, int group)
 }
 
 Test(quant_cuda, engine_int8_matches_cpu) { NEED_GPU(); cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32); }
+/* The same with int8 kept row-major (PEREGRINE_NO_QI8_TILES=1): nothing else
+ * runs the engine's untiled per-row int8 path. Criterion runs each test in its
+ * own process, so the variable does not reach the other tests. */
+Test(quant_cuda, engine_int8_row_major_matches_cpu)
+{
+    NEED_GPU();
+    cr_assert_eq(setenv("PEREGRINE_NO_QI8_TILES", "1", 1), 0);
+    cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32);
+}
 Test(quant_cuda, engine_int4_matches_cpu)
 {
     NEED_GPU();

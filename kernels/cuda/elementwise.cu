@@ -183,7 +183,7 @@ __device__ __forceinline__ float kc_dequant(const kc_matrix &m, int64_t r, int j
     switch (m.dtype) {
     case PG_BF16: return kc_bf16_f(((const uint16_t *)m.q)[r * cols + j]);
     case PG_QI8: return kc_f16_f(((const uint16_t *)m.s)[r * (cols / m.group) + j / m.group]) *
-                        (float)((const int8_t *)m.q)[r * cols + j];
+                        (float)((const int8_t *)m.q)[kc_qi8_at(m.tiles, m.rows, cols, r, j)];
     case PG_QI4: {   /* s*q is exact in f32: fmaf = the reference's product, then + m */
         uint32_t sm = ((const uint32_t *)m.s)[r * (cols / m.group) + j / m.group];
         int v = (((const uint8_t *)m.q)[r * (cols / 2) + j / 2] >> (4 * (j & 1))) & 15;

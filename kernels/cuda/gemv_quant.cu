@@ -358,7 +358,7 @@ __device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0
  * maxima partials [8][QG_WARPS], then x as f16 [N][kp] (kp = chunks * columns
  * per chunk).
  */
-template <int FMT, int PERCH, int MODE>
+template <int FMT, int PERCH, int MODE, int TILED>
 __global__ void __launch_bounds__(QG_WARPS * 32)
 gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R, int cols, int ush, int N,
               const float *x, float *__restrict__ y)
@@ -366,7 +366,12 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     constexpr int CW = FMT ? 128 : 64;       // columns per 64-byte chunk
     constexpr int TR = MODE ? 8 : 16;        // outputs per tile
     constexpr int SB = FMT ? 4 : 2;          // bytes per scale entry
-    constexpr int STEP = QG_WARPS * 64 * QG_UPL;   // bytes a warp's consecutive steps are apart in a row
+    static_assert(!TILED || (FMT == 0 && PERCH), "tiles are built for QI8 with per-row scales only");
+    // bytes between a lane's consecutive chunks, and between a warp's
+    // consecutive steps: along a row (row-major), or along the tile's chunk
+    // sequence of 1 KB each (tiled, kernels_cuda.h)
+    constexpr int PSTR = TILED ? 1024 : 64;
+    constexpr int STEP = QG_WARPS * QG_UPL * PSTR;
     extern __shared__ uint4 qg_smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const size_t rowb = FMT ? (size_t)cols / 2 : (size_t)cols;
@@ -383,8 +388,11 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
     kc_pdl_trigger();
 
-    const int o0 = (int)((long long)R * blockIdx.x / gridDim.x);
-    const int o1 = (int)((long long)R * (blockIdx.x + 1) / gridDim.x);
+    // tiled: balanced to a tile (R is a multiple of TR: kc_qi8_tileable)
+    const int o0 = TILED ? (int)((long long)(R / TR) * blockIdx.x / gridDim.x) * TR
+                         : (int)((long long)R * blockIdx.x / gridDim.x);
+    const int o1 = TILED ? (int)((long long)(R / TR) * (blockIdx.x + 1) / gridDim.x) * TR
+                         : (int)((long long)R * (blockIdx.x + 1) / gridDim.x);
     const int tiles = (o1 - o0 + TR - 1) / TR;
     const int nst = (nch + QG_UPL - 1) / QG_UPL;       // steps of QG_UPL chunks per row
     const int cpw = (nst + QG_WARPS - 1) / QG_WARPS;   // steps per tile, the same for all warps
@@ -396,6 +404,12 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     int ii = 0, ik = 0;
     const uint8_t *dp0, *dp1, *sp0 = nullptr, *sp1 = nullptr;
     auto set_rows = [&](int i) {
+        if constexpr (TILED) {   // fragment rows g and g + 8 of tile (o0 / TR + i), the warp's first chunk
+            const size_t ti = (size_t)(o0 / TR + i);
+            dp0 = q + ((ti * nch + (size_t)warp * QG_UPL) * 16 + g) * 64 + t * 16;
+            dp1 = dp0 + 8 * 64;
+            return;
+        }
         const int o = o0 + i * TR + g;
         const int r0 = min(o, o1 - 1), r1 = MODE == 1 ? R + r0 : min(o + 8, o1 - 1);
         const int u0 = warp * 4 * QG_UPL + t;   // the lane's unit in its first chunk
@@ -426,16 +440,17 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
                 const void *s0 = FMT == 1 ? (const void *)sq0 : (const void *)((uintptr_t)sq0 & ~(uintptr_t)3);
                 const void *s1 = FMT == 1 ? (const void *)sq1 : (const void *)((uintptr_t)sq1 & ~(uintptr_t)3);
                 if (ch * 4 + 4 <= nu) {   // the whole chunk lies in the row (uniform over the warp)
-                    qg_cp16(d0 + o, dp0 + 64 * p);
-                    qg_cp16(d0 + o + 512, dp1 + 64 * p);
+                    qg_cp16(d0 + o, dp0 + PSTR * p);
+                    qg_cp16(d0 + o + 512, dp1 + PSTR * p);
                     // one lane per group copies the scale word (QI8 grouped: the aligned word
                     // holding the f16 scale); lanes of the same group read its slot (copies of
                     // one address by four lanes were measured 30% slower for int4 g128)
                     if (!PERCH && copier) { qg_cp4(ds0 + o, s0); qg_cp4(ds0 + o + 128, s1); }
                 } else if (ch < nch) {   // a short last chunk: lanes past the row's end fill zeros
                     const uint32_t nb = ch * 4 + t < nu ? 16 : 0;
-                    qg_cp16z(d0 + o, nb ? (const void *)(dp0 + 64 * p) : (const void *)q, nb);
-                    qg_cp16z(d0 + o + 512, nb ? (const void *)(dp1 + 64 * p) : (const void *)q, nb);
+                    // (never with tiles: their rows are whole chunks)
+                    qg_cp16z(d0 + o, nb ? (const void *)(dp0 + PSTR * p) : (const void *)q, nb);
+                    qg_cp16z(d0 + o + 512, nb ? (const void *)(dp1 + PSTR * p) : (const void *)q, nb);
                     if (!PERCH && copier) {
                         qg_cp4z(ds0 + o, nb ? s0 : sp, nb >> 2);
                         qg_cp4z(ds0 + o + 128, nb ? s1 : sp, nb >> 2);
@@ -535,10 +550,10 @@ static size_t qg_smem_optin(void)
     return (size_t)v;
 }
 
-template <int FMT, int PERCH, int MODE>
+template <int FMT, int PERCH, int MODE, int TILED = 0>
 static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, float *y, cudaStream_t s)
 {
-    auto kern = gemv_q_kernel<FMT, PERCH, MODE>;
+    auto kern = gemv_q_kernel<FMT, PERCH, MODE, TILED>;
     static bool opted = false;   // once per instantiation; a function attribute, not stream work
     if (!opted) {
         KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)qg_smem_optin()));
@@ -568,6 +583,7 @@ extern "C" void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, in
 {
     PG_ASSERT(w->q && w->s && n >= 1 && w->group > 0 && w->cols % w->group == 0);
     PG_ASSERT(!swiglu || w->rows % 2 == 0);
+    PG_ASSERT(w->tiles == KC_TILES_NONE || (w->dtype == PG_QI8 && w->group == w->cols));
     const int fmt = w->dtype == PG_QI4;
     PG_ASSERT(fmt ? (w->group % 32 == 0) : (w->dtype == PG_QI8 && w->group % 16 == 0 && w->cols % 16 == 0));
     const int R = swiglu ? w->rows / 2 : w->rows;
@@ -582,7 +598,15 @@ extern "C" void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, in
         if (fmt) {
             if (swiglu) gemv_q_launch<1, 0, 1>(w, R, xi, m, yi, s); else gemv_q_launch<1, 0, 0>(w, R, xi, m, yi, s);
         } else if (perch) {
-            if (swiglu) gemv_q_launch<0, 1, 1>(w, R, xi, m, yi, s); else gemv_q_launch<0, 1, 0>(w, R, xi, m, yi, s);
+            if (w->tiles) {
+                PG_ASSERT(w->tiles == (swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS) && kc_qi8_tileable(w, w->tiles));
+                if (swiglu) gemv_q_launch<0, 1, 1, 1>(w, R, xi, m, yi, s);
+                else gemv_q_launch<0, 1, 0, 1>(w, R, xi, m, yi, s);
+            } else if (swiglu) {
+                gemv_q_launch<0, 1, 1>(w, R, xi, m, yi, s);
+            } else {
+                gemv_q_launch<0, 1, 0>(w, R, xi, m, yi, s);
+            }
         } else {
             if (swiglu) gemv_q_launch<0, 0, 1>(w, R, xi, m, yi, s); else gemv_q_launch<0, 0, 0>(w, R, xi, m, yi, s);
         }

@@ -59,8 +59,11 @@ struct MatSet {   // `copies` copies of one matrix, to defeat L2
     size_t bytes;
 };
 // group: QI8 / QI4 only (QI8: 0 = per output channel). Quantized copies
-// are quantized on the device from normal(0, 0.02) bf16 weights.
-static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t s, uint64_t seed, int group = 0)
+// are quantized on the device from normal(0, 0.02) bf16 weights. tiles: QI8
+// per channel in the decode kernel's tile order (KC_TILES_*) where the shape
+// allows it (kc_qi8_tileable), row-major otherwise.
+static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t s, uint64_t seed, int group = 0,
+                        int tiles = KC_TILES_NONE)
 {
     MatSet ms;
     const bool qi = t == PG_QI8 || t == PG_QI4;
@@ -69,7 +72,9 @@ static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t 
     int copies = (int)std::min<size_t>(64, std::max<size_t>(2, 4 * l2 / ms.bytes + 1));
     kc_bf16 *tmp = qi ? (kc_bf16 *)dalloc((size_t)rows * cols * 2) : NULL;
     for (int c = 0; c < copies; c++) {
-        kc_matrix m = { t, rows, cols, dalloc(kc_qm_q_bytes(t, rows, cols, group)), NULL, qi ? group : 0 };
+        kc_matrix m = { t, rows, cols, dalloc(kc_qm_q_bytes(t, rows, cols, group)), NULL, qi ? group : 0,
+                        KC_TILES_NONE };
+        if (tiles && kc_qi8_tileable(&m, tiles)) m.tiles = tiles;
         size_t sb = kc_matrix_s_bytes(t, rows, cols);
         if (t == PG_BF16) k_fill_normal_bf16((kc_bf16 *)m.q, (int64_t)rows * cols, seed + c, 0.f, 0.02f, s);
         else if (qi) {
@@ -173,7 +178,7 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
     if (kc_gemm_ctx_init(&g, err)) return err ? err->code : PG_EDEVICE;
     {
         int n = 8192;
-        kc_matrix w = { PG_BF16, n, n, dalloc((size_t)n * n * 2), NULL, 0 };
+        kc_matrix w = { PG_BF16, n, n, dalloc((size_t)n * n * 2), NULL, 0, KC_TILES_NONE };
         kc_bf16 *x = (kc_bf16 *)dalloc((size_t)n * n * 2);
         float *y = (float *)dalloc((size_t)n * n * 4);
         k_fill_normal_bf16((kc_bf16 *)w.q, (int64_t)n * n, 2, 0.f, 1.f, s);
@@ -202,18 +207,23 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
     k_fill_normal_f32(x, (int64_t)512 * maxc, 5, 0.f, 1.f, s);
     k_fill_normal_bf16(xb, (int64_t)512 * maxc, 6, 0.f, 1.f, s);
 
-    // bf16, QI8 per channel, QI4 g32 and g128 (bytes counted: q + scales + mins)
-    struct WType { pg_dtype t; int group; } types[] = { { PG_BF16, 0 }, { PG_QI8, 0 }, { PG_QI4, 32 }, { PG_QI4, 128 } };
+    // bf16, QI8 per channel (row-major and tiled), QI4 g32 and g128 (bytes
+    // counted: q + scales + mins)
+    struct WType { pg_dtype t; int group; int tiled; } types[] = {
+        { PG_BF16, 0, 0 }, { PG_QI8, 0, 0 }, { PG_QI8, 0, 1 }, { PG_QI4, 32, 0 }, { PG_QI4, 128, 0 } };
     kc_bf16 *qscr = (kc_bf16 *)dalloc((size_t)(32u << 20) * 2);   // prefill tiles, as the engine's CU_QSCRATCH
     for (WType wt : types) {
         pg_dtype t = wt.t;
         char tname[32];
         if (t == PG_BF16) snprintf(tname, sizeof tname, "bf16");
-        else if (t == PG_QI8) snprintf(tname, sizeof tname, "int8");
+        else if (t == PG_QI8) snprintf(tname, sizeof tname, wt.tiled ? "int8-tiled" : "int8");
         else snprintf(tname, sizeof tname, "int4-g%d", wt.group);
         double tot_bytes = 0, tot_us = 0;
         for (auto &sh : shapes) {
-            MatSet ms = make_mats(t, sh.rows, sh.cols, l2, s, 10, wt.group);
+            // (int8-tiled also tiles the LM head shape, which the engine keeps
+            // row-major: its line tells whether tiling it would pay)
+            MatSet ms = make_mats(t, sh.rows, sh.cols, l2, s, 10, wt.group,
+                                  wt.tiled ? (sh.sw ? KC_TILES_PAIRS : KC_TILES_ROWS) : KC_TILES_NONE);
             int nc = (int)ms.m.size();
             for (int n : { 1, 4, 8 }) {
                 float us = time_med(s, 2 * nc, [&](int i) {
@@ -259,9 +269,9 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
         int rows = 2 * hidden, cols = dim;
         kc_bf16 *src = (kc_bf16 *)dalloc((size_t)rows * cols * 2);
         k_fill_normal_bf16(src, (int64_t)rows * cols, 90, 0.f, 0.02f, s);
-        for (WType wt : { WType{ PG_QI8, cols }, WType{ PG_QI4, 32 } }) {
+        for (WType wt : { WType{ PG_QI8, cols, 0 }, WType{ PG_QI4, 32, 0 } }) {
             kc_matrix m = { wt.t, rows, cols, dalloc(kc_qm_q_bytes(wt.t, rows, cols, wt.group)),
-                            dalloc(kc_qm_s_bytes(wt.t, rows, cols, wt.group)), wt.group };
+                            dalloc(kc_qm_s_bytes(wt.t, rows, cols, wt.group)), wt.group, KC_TILES_NONE };
             float us = time_med(s, 2, [&](int) { k_quantize(src, PG_BF16, rows, cols, &m, 0, s); });
             double bytes = (double)rows * cols * 2 + kc_qm_bytes(wt.t, rows, cols, wt.group);
             char name[96];
