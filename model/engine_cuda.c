@@ -96,6 +96,12 @@ typedef struct {
 
     void     *abuf;               /* activations, one allocation */
     float    *x, *xn, *y, *qkv, *att, *h, *gu, *part, *logits, *swork;
+    int       fuse_norm;          /* decode products carry the RMSNorms (kc_gemv_epi): by default when a layer
+                                     matrix is quantized (any_q), where it measured +6.6% (int8) and +6.8% (int4
+                                     g32) on an H200, not for bf16 (-0.4% 7B, -1.3% 8B; bench/results/h200.md);
+                                     PEREGRINE_FUSED_NORM=0/1 overrides (start-up configuration) */
+    unsigned long long *ss_acc;   /* [ss_cols][2 nl][KC_SS_SLOTS]: sums of x^2 per column and norm site */
+    int       ss_cols;            /* columns the gemv path takes: decode rows, short prefill chunks */
     kc_bf16  *xb;
     int32_t  *d_tok, *d_pos, *d_slot, *d_do; float *d_u;   /* [ch] step inputs */
     kc_sample_out *d_out;         /* [max_slots] */
@@ -217,6 +223,8 @@ static void carve_acts(cu_state *s, carver *c)
     s->gu = carve(c, ch * 2 * s->hidden * 4);
     s->qscratch = s->any_q ? carve(c, (size_t)CU_QSCRATCH * 2) : NULL;
     s->xb = carve(c, ch * wide * 2);
+    s->ss_cols = s->max_slots > CU_GEMM_MIN ? s->max_slots : CU_GEMM_MIN;
+    s->ss_acc = carve(c, (size_t)s->ss_cols * 2 * s->nl * KC_SS_SLOTS * 8);
     s->part = carve(c, k_attn_decode_part_floats(s->max_slots > CU_PF_DEC ? s->max_slots : CU_PF_DEC, s->sh) * 4);
     s->logits = carve(c, (ms + CU_KEEP_ROWS) * V * 4);
     s->swork = carve(c, ms * V * 4);
@@ -475,6 +483,10 @@ static int cu_init(engine *e, pg_err *err)
         const tensor *ts[4] = { &lw->wq, &lw->wo, &lw->w_gate, &lw->w_down };
         for (int k = 0; k < 4; k++) if (mat_fmt(s, ts[k], s->dim, 0).t != PG_BF16) s->any_q = 1;
     }
+    {
+        const char *ev = getenv("PEREGRINE_FUSED_NORM");
+        s->fuse_norm = ev && *ev ? strcmp(ev, "0") != 0 : s->any_q;
+    }
 
     carver cw = { 0 }, ca = { 0 };
     carve_weights(s, m, &cw);
@@ -668,6 +680,45 @@ static void cu_attention(cu_state *s, int l, int n, int decode, int pos0, int sl
         k_attn_prefill(s->qkv, s->qkv_rows, n, pos0, slot, kc, vc, s->sh, s->att, s->q_rows, st);
 }
 
+/* The gemv path of cu_layers with the RMSNorms carried by the products
+ * (kc_gemv_epi): wo and w2 add their outputs to the residual stream x and
+ * leave x * g of the next norm in xn with the sums of x^2; wqkv and w13 read
+ * xn and scale by 1 / rms. The first norm and the final one stay kernels (the
+ * embedding and the LM head's callers read xn normalised). Site 2l: the
+ * input of layer l's attention, 2l + 1: of its MLP. */
+static void cu_layers_fused(cu_state *s, int n, int decode, int pos0, int slot)
+{
+    cudaStream_t st = s->st;
+    const int ld = 2 * s->nl * KC_SS_SLOTS;
+    PG_ASSERT(n <= s->ss_cols);
+    KC_CHECK(cudaMemsetAsync(s->ss_acc, 0, (size_t)n * ld * 8, st));
+    for (int l = 0; l < s->nl; l++) {
+        cu_layer *L = &s->L[l];
+        unsigned long long *site_att = s->ss_acc + (size_t)(2 * l) * KC_SS_SLOTS;
+        unsigned long long *site_ffn = site_att + KC_SS_SLOTS;
+        if (l == 0) {
+            k_add_rmsnorm(s->x, NULL, L->attn_norm, s->eps, n, s->dim, s->xn, NULL, st);
+            k_gemv(&L->wqkv, s->xn, n, s->qkv, st);
+        } else {
+            const kc_gemv_epi c = { .acc_in = site_att, .eps = s->eps, .acc_ld = ld };
+            k_gemv_epi(&L->wqkv, s->xn, n, s->qkv, 0, &c, st);
+        }
+        cu_attention(s, l, n, decode, pos0, slot);
+        const kc_gemv_epi po = { .resid = s->x, .xg = s->xn, .g = L->ffn_norm, .acc_out = site_ffn, .acc_ld = ld };
+        k_gemv_epi(&L->wo, s->att, n, NULL, 0, &po, st);
+        const kc_gemv_epi ci = { .acc_in = site_ffn, .eps = s->eps, .acc_ld = ld };
+        k_gemv_epi(&L->w13, s->xn, n, s->h, 1, &ci, st);
+        if (l + 1 < s->nl) {
+            const kc_gemv_epi p2 = { .resid = s->x, .xg = s->xn, .g = s->L[l + 1].attn_norm,
+                                     .acc_out = site_att + 2 * KC_SS_SLOTS, .acc_ld = ld };
+            k_gemv_epi(&L->w2, s->h, n, NULL, 0, &p2, st);
+        } else {
+            k_gemv(&L->w2, s->h, n, s->y, st);
+        }
+    }
+    k_add_rmsnorm(s->x, s->y, s->out_norm, s->eps, n, s->dim, s->xn, NULL, st);
+}
+
 /* All layers and the final norm for n tokens already embedded in s->x.
  * decode: token i is row i of a batch (positions/slots from d_pos/d_slot);
  * else: n consecutive tokens of one sequence at pos0.. in slot. */
@@ -675,6 +726,7 @@ static void cu_layers(cu_state *s, int n, int decode, int pos0, int slot)
 {
     const int gemm = !decode && n >= CU_GEMM_MIN;
     cudaStream_t st = s->st;
+    if (!gemm && s->fuse_norm) { cu_layers_fused(s, n, decode, pos0, slot); return; }
     for (int l = 0; l < s->nl; l++) {
         cu_layer *L = &s->L[l];
         k_add_rmsnorm(s->x, l ? s->y : NULL, L->attn_norm, s->eps, n, s->dim, s->xn, gemm ? s->xb : NULL, st);

@@ -6,6 +6,10 @@
  *                     weights on the host so both engines hold identical
  *                     weights): prefill logits and teacher-forced decode logits
  *                     within 1e-2 (the CUDA KV cache is bf16, the CPU one f32).
+ *   cpu_vs_cuda_fused_norm  the same with PEREGRINE_FUSED_NORM=1: the decode
+ *                     step whose products carry the RMSNorms (kc_gemv_epi),
+ *                     with bf16 weights (the default for quantized weights
+ *                     only; test_quant_cuda runs it there).
  *   graph_equals_eager  two CUDA engines, graphs on/off, batch 2: greedy
  *                     tokens and logits bit-identical for 24 steps.
  *   hf_reference      PEREGRINE_HF_REFS=dir (scripts/gen-hf-gpu-refs.py on the
@@ -84,6 +88,16 @@ static void cpu_vs_cuda(const char *preset)
 
 Test(engine_cuda, cpu_vs_cuda_tiny_llama) { NEED_GPU(); cpu_vs_cuda("tiny-llama"); }
 Test(engine_cuda, cpu_vs_cuda_tiny_llama3) { NEED_GPU(); cpu_vs_cuda("tiny-llama3"); }
+/* bf16 weights with the products carrying the norms (PEREGRINE_FUSED_NORM=1;
+ * by default bf16 keeps the add+RMSNorm kernels): nothing else runs the bf16
+ * epilogue kernels inside the engine. Criterion runs each test in its own
+ * process, so the variable does not reach the other tests. */
+Test(engine_cuda, cpu_vs_cuda_fused_norm)
+{
+    NEED_GPU();
+    cr_assert_eq(setenv("PEREGRINE_FUSED_NORM", "1", 1), 0);
+    cpu_vs_cuda("tiny-llama3");
+}
 
 Test(engine_cuda, keep_all_logits_matches_cpu)
 {

@@ -125,6 +125,35 @@ Test(kernels_cuda, gemv_swiglu)
     }
 }
 
+/* The decode products carrying the RMSNorms (kc_gemv_epi): shapes of the
+ * default model (wo 576x576, w2 576x1536 -> w13 2x1536x576, wqkv 960x576)
+ * and of the 7B (wo 4096x4096 -> 4 warps x 4 loads; w2 4096x11008: the wide
+ * launch), 1, 3 and 11 columns (two passes). */
+static void check_norm_epi_bf16(int dim, int k, int r2, int swiglu, int n, uint64_t seed, float amp)
+{
+    pg_rng r;
+    pg_rng_seed(&r, seed);
+    size_t bp, bc;
+    void *hp = rand_weights(&r, PG_BF16, dim, k, &bp), *hc = rand_weights(&r, PG_BF16, r2, dim, &bc);
+    kc_matrix wp = dev_matrix(hp, bp, PG_BF16, dim, k), wc = dev_matrix(hc, bc, PG_BF16, r2, dim);
+    check_gemv_norm_epi(&wp, &wc, NULL, swiglu, n, seed + 1, amp);
+    free_matrix(&wp); free_matrix(&wc); free(hp); free(hc);
+}
+
+Test(kernels_cuda, gemv_norm_epilogues)
+{
+    NEED_GPU();
+    int ns[] = { 1, 3, 11 };
+    for (int c = 0; c < 3; c++) {
+        check_norm_epi_bf16(576, 576, 2 * 1536, 1, ns[c], 800 + c, 1.f);
+        check_norm_epi_bf16(576, 1536, 960, 0, ns[c], 810 + c, 1.f);
+    }
+    check_norm_epi_bf16(4096, 4096, 2 * 11008, 1, 1, 820, 1.f);
+    check_norm_epi_bf16(4096, 11008, 12288, 0, 1, 821, 1.f);
+    check_norm_epi_bf16(576, 576, 960, 0, 1, 822, 1e-2f);
+    check_norm_epi_bf16(576, 576, 960, 0, 3, 823, 1e2f);
+}
+
 Test(kernels_cuda, gemm_bf16_cublaslt)
 {
     NEED_GPU();

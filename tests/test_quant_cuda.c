@@ -18,6 +18,9 @@
  *                       where kc_qi8_at says (k_quantize in two row ranges,
  *                       k_qi8_place), and decode products and dequantized
  *                       rows bit-identical to the row-major layout's.
+ *   gemv_norm_epilogues the RMSNorm carried by the quantized decode products
+ *                       (kc_gemv_epi; check in tests/test_util.h), int8
+ *                       row-major and tiled, int4.
  *   gemm_q              prefill tiles (dequantized to bf16, tensor cores) vs
  *                       ref_matmul_q with bf16-rounded x and weights: <= 1e-2.
  *   dequant_embed       k_dequant_bf16 and k_embed vs quant_dequant_row: exact.
@@ -281,8 +284,8 @@ static void check_qi8_tiles(int rows, int cols, int tiles, uint64_t seed)
         float *x = randn(&r, (size_t)n * cols, 1.f);
         float *dx = dev_from(x, (size_t)n * cols * 4);
         float *dyr = dev_poison((size_t)n * orows * 4), *dyt = dev_poison((size_t)n * orows * 4);
-        k_gemv_q(&mr, dx, n, dyr, swiglu, 0);
-        k_gemv_q(&mt, dx, n, dyt, swiglu, 0);
+        k_gemv_q(&mr, dx, n, dyr, swiglu, NULL, 0);
+        k_gemv_q(&mt, dx, n, dyt, swiglu, NULL, 0);
         float *yr = pg_xmalloc((size_t)n * orows * 4), *yt = pg_xmalloc((size_t)n * orows * 4);
         to_host(yr, dyr, (size_t)n * orows * 4); to_host(yt, dyt, (size_t)n * orows * 4);
         size_t diff = 0;
@@ -323,6 +326,67 @@ Test(quant_cuda, qi8_tiles)
     check_qi8_tiles(640, 128, KC_TILES_PAIRS, 703);
     check_qi8_tiles(2 * 1376, 4096, KC_TILES_PAIRS, 704);
     check_qi8_tiles(48, 640, KC_TILES_PAIRS, 705);
+}
+
+/* A copy of the row-major QI8 matrix m (per-row scales) stored with `tiles`
+ * (kc_qi8_at), as the engine loads the decode products. */
+static kc_matrix dev_qi8_tiled(const kc_matrix *m, int tiles)
+{
+    kc_matrix t = *m;
+    t.tiles = tiles;
+    cr_assert(kc_qi8_tileable(&t, tiles), "%dx%d must be tileable", m->rows, m->cols);
+    const size_t qb = kc_qm_q_bytes(PG_QI8, m->rows, m->cols, m->group);
+    const size_t sb = kc_qm_s_bytes(PG_QI8, m->rows, m->cols, m->group);
+    t.q = dev_poison(qb);
+    t.s = dev_from(NULL, sb);
+    KC_CHECK(cudaMemcpy(t.s, m->s, sb, cudaMemcpyDeviceToDevice));
+    k_qi8_place((const int8_t *)m->q, m->rows, &t, 0, 0);
+    return t;
+}
+
+/* The norm epilogues (kc_gemv_epi, tests/test_util.h) on the quantized
+ * kernel: int8 per channel and g32, int4 g32 / g128, plain and SwiGLU
+ * consumers, 1, 3 and 11 columns (two passes). tiled: int8 in the decode
+ * kernel's tile order (the producer in row tiles, the consumer in pair tiles
+ * for SwiGLU), the engine's default for per-row int8; the consumer's plain
+ * reference product from the row-major twin. */
+static void check_norm_epi_q(pg_dtype to, int group, int dim, int k, int r2, int swiglu, int n, uint64_t seed,
+                             float amp, int tiled)
+{
+    pg_rng r;
+    pg_rng_seed(&r, seed);
+    void *mp, *mc;
+    tensor tp = rand_q(&r, to, group ? group : k, dim, k, &mp);
+    tensor tc = rand_q(&r, to, group ? group : dim, r2, dim, &mc);
+    kc_matrix wp = dev_qmatrix(&tp), wc = dev_qmatrix(&tc);
+    if (tiled) {
+        kc_matrix tw = dev_qi8_tiled(&wp, KC_TILES_ROWS);
+        kc_matrix tcw = dev_qi8_tiled(&wc, swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS);
+        check_gemv_norm_epi(&tw, &tcw, &wc, swiglu, n, seed + 1, amp);
+        cudaFree(tw.q); cudaFree(tw.s); cudaFree(tcw.q); cudaFree(tcw.s);
+    } else {
+        check_gemv_norm_epi(&wp, &wc, NULL, swiglu, n, seed + 1, amp);
+    }
+    cudaFree(wp.q); cudaFree(wp.s); cudaFree(wc.q); cudaFree(wc.s);
+    free(mp); free(mc);
+}
+
+Test(quant_cuda, gemv_norm_epilogues)
+{
+    NEED_GPU();
+    int ns[] = { 1, 3, 11 };
+    for (int c = 0; c < 3; c++) {
+        check_norm_epi_q(PG_QI8, 0, 576, 1536, 2 * 1536, 1, ns[c], 900 + c, 1.f, 0);
+        check_norm_epi_q(PG_QI4, 32, 576, 576, 960, 0, ns[c], 910 + c, 1.f, 0);
+        check_norm_epi_q(PG_QI4, 128, 4096, 4096, 2 * 1024, 1, ns[c], 920 + c, 1.f, 0);
+        check_norm_epi_q(PG_QI8, 0, 576, 1536, 2 * 1536, 1, ns[c], 940 + c, 1.f, 1);
+        check_norm_epi_q(PG_QI8, 0, 4096, 4096, 960, 0, ns[c], 950 + c, 1.f, 1);
+    }
+    check_norm_epi_q(PG_QI8, 32, 576, 576, 2 * 576, 1, 3, 960, 1.f, 0);   /* int8 g32 (from GGUF Q8_0) */
+    /* small and large residual streams: the consumer reads x * g unnormalised */
+    check_norm_epi_q(PG_QI8, 0, 576, 576, 960, 0, 1, 930, 1e-2f, 0);
+    check_norm_epi_q(PG_QI4, 32, 576, 576, 2 * 576, 1, 3, 931, 1e2f, 0);
+    check_norm_epi_q(PG_QI8, 0, 576, 576, 960, 0, 1, 932, 1e-2f, 1);
 }
 
 /* activations far outside f16's range (real models have columns of x in the
@@ -537,6 +601,15 @@ Test(quant_cuda, engine_int8_row_major_matches_cpu)
 {
     NEED_GPU();
     cr_assert_eq(setenv("PEREGRINE_NO_QI8_TILES", "1", 1), 0);
+    cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32);
+}
+/* The same with the add+RMSNorm kernels kept in the decode step
+ * (PEREGRINE_FUSED_NORM=0; quantized weights fuse them by default): nothing
+ * else runs the engine's unfused gemv path with int8 weights. */
+Test(quant_cuda, engine_int8_unfused_norm_matches_cpu)
+{
+    NEED_GPU();
+    cr_assert_eq(setenv("PEREGRINE_FUSED_NORM", "0", 1), 0);
     cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32);
 }
 Test(quant_cuda, engine_int4_matches_cpu)

@@ -18,6 +18,9 @@
  * the kernel's lifetime" (seen: stale x and wrong logits). Weights are truly
  * read-only and use .nc. Accumulation is fp32; the warp reduction order is
  * fixed, so results are deterministic (graph replay == eager).
+ * Norm epilogues (kc_gemv_epi, kernels_cuda.h): a template parameter of the
+ * kernel (EPI, kc_util.cuh), so the plain product is compiled as if they did
+ * not exist.
  * CPU twin: ref_matmul (kernels/kernels.h) on the stored weights, and
  * ref_silu_mul for the SwiGLU variant.
  */
@@ -142,11 +145,23 @@ struct UQ4 {
         }                                                                   \
     }
 
-template <class T, int N, int MODE, int U, int KS>
+// Output r of column n: into y, or for a producer epilogue into the residual
+// stream (kc_gemv_epi, kc_util.cuh)
+template <int EPI>
+__device__ __forceinline__ void gemv_store(const kc_gemv_epi &e, float *y, int n, int rows, int r, float v)
+{
+    if constexpr (EPI == KC_EPI_PRODUCE) kc_epi_produce(e, n, rows, r, v);
+    else y[(size_t)n * rows + r] = v;
+}
+
+// EPI (KC_EPI_*): the norm epilogue, e its arguments (unused for KC_EPI_NONE,
+// whose code is the plain product's). A producer stores nothing in y.
+template <class T, int N, int MODE, int U, int KS, int EPI>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, int cols,
-            const float *x, float *__restrict__ y)
+            const float *x, float *__restrict__ y, kc_gemv_epi e)
 {
+    static_assert(!(EPI == KC_EPI_PRODUCE && MODE == 1), "a producer's rows are plain, not SwiGLU");
     constexpr bool PAIR = MODE != 0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wid = blockIdx.x * GEMV_WARPS + warp;
@@ -206,6 +221,11 @@ gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, in
             }
         }
         __syncthreads();
+        float inv[N];   // consumer epilogue (kc_gemv_epi): the storing warps, all their lanes
+        if constexpr (EPI == KC_EPI_CONSUME) {
+#pragma unroll
+            for (int n = 0; n < N; n++) inv[n] = wk == 0 ? kc_epi_inv_warp(e, n, cols) : 1.f;
+        }
         if (active && wk == 0 && lane == 0) {
 #pragma unroll
             for (int n = 0; n < N; n++) {
@@ -214,8 +234,8 @@ gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, in
                     g += red[warp + k][0][n];
                     if constexpr (PAIR) u += red[warp + k][1][n];
                 }
-                if (MODE == 1) y[(size_t)n * rows + r0] = g / (1.f + __expf(-g)) * u;
-                else y[(size_t)n * rows + r0] = g;
+                if constexpr (EPI == KC_EPI_CONSUME) { g *= inv[n]; u *= inv[n]; }
+                gemv_store<EPI>(e, y, n, rows, r0, MODE == 1 ? g / (1.f + __expf(-g)) * u : g);
             }
         }
     } else {
@@ -223,37 +243,42 @@ gemv_kernel(const void *__restrict__ q, const void *__restrict__ s, int rows, in
         for (int n = 0; n < N; n++) {
             float g = kc_warp_sum(ag[n]);
             float u = PAIR ? kc_warp_sum(au[n]) : 0.f;
+            if constexpr (EPI == KC_EPI_CONSUME) {
+                const float iv = kc_epi_inv_warp(e, n, cols);
+                g *= iv; u *= iv;
+            }
             if (lane == 0) {
-                if (MODE == 1) y[(size_t)n * rows + r0] = g / (1.f + __expf(-g)) * u;
-                else y[(size_t)n * rows + r0] = g;
-                if (MODE == 2 && r1 != r0) y[(size_t)n * rows + r1] = u;
+                gemv_store<EPI>(e, y, n, rows, r0, MODE == 1 ? g / (1.f + __expf(-g)) * u : g);
+                if (MODE == 2 && r1 != r0) gemv_store<EPI>(e, y, n, rows, r1, u);
             }
         }
     }
 }
 
-template <class T, int N, int MODE, int U, int KS>
-static void gemv_launch_n(const kc_matrix *w, int rows, const float *x, float *y, cudaStream_t s)
+template <class T, int N, int MODE, int U, int KS, int EPI>
+static void gemv_launch_n(const kc_matrix *w, int rows, const float *x, float *y, const kc_gemv_epi &e,
+                          cudaStream_t s)
 {
     int warps = MODE == 2 ? KC_CDIV(rows, 2) : rows * KS;
-    kc_launch(gemv_kernel<T, N, MODE, U, KS>, dim3(KC_CDIV(warps, GEMV_WARPS)), dim3(GEMV_WARPS * 32), 0, s,
-              w->q, w->s, rows, w->cols, x, y);
+    kc_launch(gemv_kernel<T, N, MODE, U, KS, EPI>, dim3(KC_CDIV(warps, GEMV_WARPS)), dim3(GEMV_WARPS * 32), 0, s,
+              w->q, w->s, rows, w->cols, x, y, e);
 }
 
 /* One column: MODE1/U1, with warps per row and loads per lane chosen by
  * shape (below); 2..8 columns: MODEN/UN. */
-template <class T, int MODE1, int U1, int MODEN, int UN>
+template <class T, int MODE1, int U1, int MODEN, int UN, int EPI>
 static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, float *y,
-                          cudaStream_t s)
+                          const kc_gemv_epi &e0, cudaStream_t s)
 {
     int i = 0;
     while (i < n) {
         int m = n - i;
         const float *xi = x + (size_t)i * w->cols;
-        float *yi = y + (size_t)i * rows;
-        if (m >= 8) { gemv_launch_n<T, 8, MODEN, UN, 1>(w, rows, xi, yi, s); m = 8; }
-        else if (m >= 4) { gemv_launch_n<T, 4, MODEN, UN, 1>(w, rows, xi, yi, s); m = 4; }
-        else if (m >= 2) { gemv_launch_n<T, 2, MODEN, UN, 1>(w, rows, xi, yi, s); m = 2; }
+        float *yi = y ? y + (size_t)i * rows : y;
+        const kc_gemv_epi e = kc_epi_at(e0, i, rows);
+        if (m >= 8) { gemv_launch_n<T, 8, MODEN, UN, 1, EPI>(w, rows, xi, yi, e, s); m = 8; }
+        else if (m >= 4) { gemv_launch_n<T, 4, MODEN, UN, 1, EPI>(w, rows, xi, yi, e, s); m = 4; }
+        else if (m >= 2) { gemv_launch_n<T, 2, MODEN, UN, 1, EPI>(w, rows, xi, yi, e, s); m = 2; }
         else {
             /* One column: warps per row (a K split) and loads per lane by
              * shape, each choice measured end to end on an H200
@@ -268,16 +293,17 @@ static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, f
              * +3.2% 7B against 1 warp, 2026-12-02; 4 everywhere was slower) */
             const bool wide = w->cols >= 8192 && rows <= 8192;
             if constexpr (MODE1 != 0) {
-                gemv_launch_n<T, 1, MODE1, U1, GEMV_SW_KS>(w, rows, xi, yi, s);
+                gemv_launch_n<T, 1, MODE1, U1, GEMV_SW_KS, EPI>(w, rows, xi, yi, e, s);
             } else if constexpr (std::is_same<T, UBf16>::value) {
                 const int upw4 = KC_CDIV(w->cols / T::E, 4);   // 16-byte units per warp at 4 warps
-                if (w->cols <= 4096 && rows <= 8192) gemv_launch_n<T, 1, 0, 4, 4>(w, rows, xi, yi, s);
-                else if (wide && upw4 > 32 * U1 && upw4 <= 32 * 11) gemv_launch_n<T, 1, 0, 11, 4>(w, rows, xi, yi, s);
-                else if (wide) gemv_launch_n<T, 1, 0, U1, 4>(w, rows, xi, yi, s);
-                else gemv_launch_n<T, 1, 0, U1, 2>(w, rows, xi, yi, s);
+                if (w->cols <= 4096 && rows <= 8192) gemv_launch_n<T, 1, 0, 4, 4, EPI>(w, rows, xi, yi, e, s);
+                else if (wide && upw4 > 32 * U1 && upw4 <= 32 * 11)
+                    gemv_launch_n<T, 1, 0, 11, 4, EPI>(w, rows, xi, yi, e, s);
+                else if (wide) gemv_launch_n<T, 1, 0, U1, 4, EPI>(w, rows, xi, yi, e, s);
+                else gemv_launch_n<T, 1, 0, U1, 2, EPI>(w, rows, xi, yi, e, s);
             } else {
-                if (wide) gemv_launch_n<T, 1, 0, U1, 4>(w, rows, xi, yi, s);
-                else gemv_launch_n<T, 1, 0, U1, 2>(w, rows, xi, yi, s);
+                if (wide) gemv_launch_n<T, 1, 0, U1, 4, EPI>(w, rows, xi, yi, e, s);
+                else gemv_launch_n<T, 1, 0, U1, 2, EPI>(w, rows, xi, yi, e, s);
             }
             m = 1;
         }
@@ -285,40 +311,66 @@ static void gemv_launch_t(const kc_matrix *w, int rows, const float *x, int n, f
     }
 }
 
-template <bool SW>
-static void gemv_dispatch(const kc_matrix *w, const float *x, int n, float *y, cudaStream_t s)
+// The weight format's launches for one epilogue kind (KC_EPI_*)
+template <bool SW, int EPI>
+static void gemv_dispatch_t(const kc_matrix *w, const float *x, int n, float *y, const kc_gemv_epi &e,
+                            cudaStream_t s)
 {
-    PG_ASSERT(w->q && n >= 1);
-    int rows = SW ? w->rows / 2 : w->rows;
-    PG_ASSERT(!SW || w->rows % 2 == 0);
+    static_assert(!(SW && EPI == KC_EPI_PRODUCE), "a producer adds plain rows to the residual stream");
+    const int rows = SW ? w->rows / 2 : w->rows;
     switch (w->dtype) {
     case PG_BF16:
         PG_ASSERT(w->cols % 8 == 0);
-        if (SW) gemv_launch_t<UBf16, 1, 4, 1, 4>(w, rows, x, n, y, s);
-        else gemv_launch_t<UBf16, 0, 8, 2, 4>(w, rows, x, n, y, s);
+        if constexpr (SW) gemv_launch_t<UBf16, 1, 4, 1, 4, EPI>(w, rows, x, n, y, e, s);
+        else gemv_launch_t<UBf16, 0, 8, 2, 4, EPI>(w, rows, x, n, y, e, s);
         break;
     case PG_Q8_0:
         PG_ASSERT(w->cols % 32 == 0 && w->s);
-        gemv_launch_t<UQ8_0, SW ? 1 : 0, SW ? 1 : 2, SW ? 1 : 0, SW ? 1 : 2>(w, rows, x, n, y, s); break;
+        gemv_launch_t<UQ8_0, SW ? 1 : 0, SW ? 1 : 2, SW ? 1 : 0, SW ? 1 : 2, EPI>(w, rows, x, n, y, e, s); break;
     case PG_Q4_0:
         PG_ASSERT(w->cols % 32 == 0 && w->s);
-        gemv_launch_t<UQ4<false>, SW ? 1 : 0, SW ? 2 : 4, SW ? 1 : 0, SW ? 2 : 4>(w, rows, x, n, y, s); break;
+        gemv_launch_t<UQ4<false>, SW ? 1 : 0, SW ? 2 : 4, SW ? 1 : 0, SW ? 2 : 4, EPI>(w, rows, x, n, y, e, s);
+        break;
     case PG_Q4_1:
         PG_ASSERT(w->cols % 32 == 0 && w->s);
-        gemv_launch_t<UQ4<true>, SW ? 1 : 0, SW ? 2 : 4, SW ? 1 : 0, SW ? 2 : 4>(w, rows, x, n, y, s); break;
-    case PG_QI8: case PG_QI4:   /* kernels/cuda/gemv_quant.cu */
-        k_gemv_q(w, x, n, y, SW, s); break;
+        gemv_launch_t<UQ4<true>, SW ? 1 : 0, SW ? 2 : 4, SW ? 1 : 0, SW ? 2 : 4, EPI>(w, rows, x, n, y, e, s);
+        break;
     default:
         PG_DIE("k_gemv: unsupported weight dtype %s", pg_dtype_name(w->dtype));
     }
 }
 
+template <bool SW>
+static void gemv_dispatch(const kc_matrix *w, const float *x, int n, float *y, const kc_gemv_epi &e,
+                          cudaStream_t s)
+{
+    PG_ASSERT(w->q && n >= 1);
+    PG_ASSERT(!SW || w->rows % 2 == 0);
+    if (w->dtype == PG_QI8 || w->dtype == PG_QI4) {   /* kernels/cuda/gemv_quant.cu */
+        k_gemv_q(w, x, n, y, SW, &e, s);
+        return;
+    }
+    const int kind = kc_epi_kind(e);
+    PG_ASSERT(kind == KC_EPI_PRODUCE ? !SW : y != NULL);
+    if (kind == KC_EPI_CONSUME) gemv_dispatch_t<SW, KC_EPI_CONSUME>(w, x, n, y, e, s);
+    else if (kind == KC_EPI_NONE) gemv_dispatch_t<SW, KC_EPI_NONE>(w, x, n, y, e, s);
+    else if constexpr (!SW) gemv_dispatch_t<false, KC_EPI_PRODUCE>(w, x, n, y, e, s);
+}
+
 extern "C" void k_gemv(const kc_matrix *w, const float *x, int n, float *y, cudaStream_t s)
 {
-    gemv_dispatch<false>(w, x, n, y, s);
+    gemv_dispatch<false>(w, x, n, y, kc_gemv_epi{}, s);
 }
 
 extern "C" void k_gemv_swiglu(const kc_matrix *w, const float *x, int n, float *y, cudaStream_t s)
 {
-    gemv_dispatch<true>(w, x, n, y, s);
+    gemv_dispatch<true>(w, x, n, y, kc_gemv_epi{}, s);
+}
+
+extern "C" void k_gemv_epi(const kc_matrix *w, const float *x, int n, float *y, int swiglu, const kc_gemv_epi *epi,
+                           cudaStream_t s)
+{
+    const kc_gemv_epi e = epi ? *epi : kc_gemv_epi{};
+    if (swiglu) gemv_dispatch<true>(w, x, n, y, e, s);
+    else gemv_dispatch<false>(w, x, n, y, e, s);
 }

@@ -40,7 +40,12 @@
  * Numerics: s*q + m is rounded once to f16 (relative 2^-11); x is rounded to
  * f16 after scaling each column by a power of two that keeps its largest
  * magnitude below 2^15 (exact, undone on the f32 result: activations of real
- * models reach the thousands, f16 ends at 65504); products and sums are f32.
+ * models reach the thousands, f16 ends at 65504); a norm-epilogue consumer
+ * (kc_gemv_epi) also scales small columns up, into [2^14, 2^15), out of f16's
+ * subnormals: it reads x * g unnormalised, and a residual stream can be small
+ * (the other kinds keep the plain product's rounding, bit for bit, so that a
+ * producer's output is exactly the plain product's). Products and sums are
+ * f32.
  * Against ref_matmul_q (f32) that is ~5e-4 relative on random data
  * (tests/test_quant_cuda.c bounds it by 3e-3; DESIGN.md allows 1e-2). Every
  * sum has a fixed order: graph replay == eager.
@@ -176,16 +181,19 @@ __device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, cons
 #define QG_XREG_MIN_COLS 2048
 
 // x [N][cols] f32 (global) -> xs [N][kp] f16 (shared, zero past cols), each
-// column scaled by 2^-e so that |x| < 2^15; xsc[n] = 2^e for the epilogue.
+// column scaled by 2^-e so that |x| < 2^15, for a consumer epilogue (EPI) so
+// that its largest |x| is in [2^14, 2^15) (e may be negative: small columns
+// are scaled up); xsc[n] = 2^e for the epilogue.
 // QI4 in the nibble-pair order of qg_deq4. One column of QG_XREG_MIN_COLS or
 // more (decode): one pass into registers, the maximum, one barrier, the
 // conversion from the registers. Otherwise: one pass for the column maxima
 // (warp partials in part[N][QG_WARPS]), one barrier, one pass that converts
 // (x is then in L1), one barrier. Both give the same bits.
-template <int FMT>
+template <int FMT, int EPI>
 __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int kp, __half *xs, float *xsc,
                                            float *part)
 {
+    constexpr int EMIN = EPI == KC_EPI_CONSUME ? -100 : 0;   // the smallest e
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (N == 1 && cols >= QG_XREG_MIN_COLS && kp <= QG_XREG * 4 * QG_WARPS * 32) {
         // One column (decode): every load of x goes out at once into
@@ -210,7 +218,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
 #pragma unroll
         for (int w = 0; w < QG_WARPS; w++) mx = fmaxf(mx, part[w]);
         int e = 0;
-        if (mx > 0.f && isfinite(mx)) { frexpf(mx, &e); e = max(0, e - 15); }
+        if (mx > 0.f && isfinite(mx)) { frexpf(mx, &e); e = max(EMIN, e - 15); }
         const float sc = ldexpf(1.f, -e);
         if (threadIdx.x == 0) xsc[0] = ldexpf(1.f, e);
 #pragma unroll
@@ -255,7 +263,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
 #pragma unroll
         for (int w = 0; w < QG_WARPS; w++) mx = fmaxf(mx, part[n * QG_WARPS + w]);
         int e = 0;
-        if (mx > 0.f && isfinite(mx)) { frexpf(mx, &e); e = max(0, e - 15); }
+        if (mx > 0.f && isfinite(mx)) { frexpf(mx, &e); e = max(EMIN, e - 15); }
         return ldexpf(1.f, inverse ? -e : e);
     };
     if (threadIdx.x < N) xsc[threadIdx.x] = col_scale(threadIdx.x, false);
@@ -295,9 +303,9 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
 // buffers from tile to tile, so one barrier per tile suffices: a warp that
 // runs on writes the other buffer, and cannot come back to this one before
 // every thread has passed the next tile's barrier.
-template <int FMT, int PERCH, int MODE>
+template <int FMT, int PERCH, int MODE, int EPI>
 __device__ __forceinline__ void qg_tile_end(float (&c)[2][4], float *rb, const float *xsc, const void *sp, int R,
-                                            int N, int o, int o1, float *y)
+                                            int N, int o, int o1, float *y, const kc_gemv_epi &e, const float *sinv)
 {
     constexpr int TR = MODE ? 8 : 16;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -322,8 +330,10 @@ __device__ __forceinline__ void qg_tile_end(float (&c)[2][4], float *rb, const f
             v *= kc_f16_f(__ldg((const uint16_t *)sp + o));
             if constexpr (MODE == 1) v2 *= kc_f16_f(__ldg((const uint16_t *)sp + R + o));
         }
-        if constexpr (MODE == 1) y[(size_t)n * R + o] = v / (1.f + __expf(-v)) * v2;
-        else y[(size_t)n * R + o] = v;
+        if constexpr (EPI == KC_EPI_CONSUME) { v *= sinv[n]; v2 *= sinv[n]; }   // kc_gemv_epi
+        const float out = MODE == 1 ? v / (1.f + __expf(-v)) * v2 : v;
+        if constexpr (EPI == KC_EPI_PRODUCE) kc_epi_produce(e, n, R, o, out);
+        else y[(size_t)n * R + o] = out;
     }
 }
 
@@ -355,18 +365,22 @@ __device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0
  * (unused with PERCH). N: columns, 1..8.
  * Dynamic shared memory: the warps' rings [QG_WARPS][QG_STAGES][QG_STAGE_BYTES],
  * two reduction buffers [QG_WARPS][16][8] f32, the column scales [8], the
- * maxima partials [8][QG_WARPS], then x as f16 [N][kp] (kp = chunks * columns
- * per chunk).
+ * maxima partials [8][QG_WARPS] (after the staging of x: a norm-epilogue
+ * consumer's 1 / rms [8]), then x as f16 [N][kp] (kp = chunks * columns per
+ * chunk). EPI (KC_EPI_*): the norm epilogue, e its arguments (unused for
+ * KC_EPI_NONE, whose code is the plain product's); a producer stores nothing
+ * in y.
  */
-template <int FMT, int PERCH, int MODE, int TILED>
+template <int FMT, int PERCH, int MODE, int TILED, int EPI>
 __global__ void __launch_bounds__(QG_WARPS * 32)
 gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R, int cols, int ush, int N,
-              const float *x, float *__restrict__ y)
+              const float *x, float *__restrict__ y, kc_gemv_epi e)
 {
     constexpr int CW = FMT ? 128 : 64;       // columns per 64-byte chunk
     constexpr int TR = MODE ? 8 : 16;        // outputs per tile
     constexpr int SB = FMT ? 4 : 2;          // bytes per scale entry
     static_assert(!TILED || (FMT == 0 && PERCH), "tiles are built for QI8 with per-row scales only");
+    static_assert(!(EPI == KC_EPI_PRODUCE && MODE == 1), "a producer's rows are plain, not SwiGLU");
     // bytes between a lane's consecutive chunks, and between a warp's
     // consecutive steps: along a row (row-major), or along the tile's chunk
     // sequence of 1 KB each (tiled, kernels_cuda.h)
@@ -384,6 +398,9 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     float *red = (float *)((uint8_t *)qg_smem + QG_WARPS * QG_STAGES * QG_STAGE_BYTES);   // [2][QG_WARPS][16][8]
     float *xsc = red + 2 * QG_WARPS * 128;            // [8]
     float *part = xsc + 8;                            // [8][QG_WARPS]
+    // [8]: a consumer's 1 / rms per column, in part's place: written after
+    // qg_stage_x's last barrier, past every read of part
+    float *sinv = part;
     __half *xs = (__half *)(part + 8 * QG_WARPS);     // [N][kp]
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
     kc_pdl_trigger();
@@ -469,7 +486,13 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
 #pragma unroll
     for (int j = 0; j < QG_STAGES - 1; j++) issue();   // weights never depend on the previous kernel
     kc_pdl_wait();
-    qg_stage_x<FMT>(x, N, cols, kp, xs, xsc, part);
+    qg_stage_x<FMT, EPI>(x, N, cols, kp, xs, xsc, part);
+    if constexpr (EPI == KC_EPI_CONSUME) {   // read by qg_tile_end after its barrier
+        if (warp < N) {
+            const float iv = kc_epi_inv_warp(e, warp, cols);
+            if (lane == 0) sinv[warp] = iv;
+        }
+    }
 
     // B columns past N read column N - 1 (those C columns are never stored)
     const uint4 *xl = (const uint4 *)(xs + (size_t)min(g, N - 1) * kp + t * (CW / 4)) + warp * QG_UPL * (CW / 8);
@@ -523,7 +546,8 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
         if (++ck == cpw) {
             ck = 0;
             xc = xl;
-            qg_tile_end<FMT, PERCH, MODE>(c, red + (ci & 1) * QG_WARPS * 128, xsc, sp, R, N, o0 + ci * TR, o1, y);
+            qg_tile_end<FMT, PERCH, MODE, EPI>(c, red + (ci & 1) * QG_WARPS * 128, xsc, sp, R, N, o0 + ci * TR, o1,
+                                               y, e, sinv);
             if (++ci < tiles && FMT == 0 && !PERCH) set_par(ci);
         }
     }
@@ -550,10 +574,11 @@ static size_t qg_smem_optin(void)
     return (size_t)v;
 }
 
-template <int FMT, int PERCH, int MODE, int TILED = 0>
-static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, float *y, cudaStream_t s)
+template <int FMT, int PERCH, int MODE, int TILED, int EPI>
+static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, float *y, const kc_gemv_epi &e,
+                          cudaStream_t s)
 {
-    auto kern = gemv_q_kernel<FMT, PERCH, MODE, TILED>;
+    auto kern = gemv_q_kernel<FMT, PERCH, MODE, TILED, EPI>;
     static bool opted = false;   // once per instantiation; a function attribute, not stream work
     if (!opted) {
         KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)qg_smem_optin()));
@@ -574,41 +599,61 @@ static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, floa
     int blocks = KC_CDIV(R, MODE ? 8 : 16);
     if (blocks > per_sm * sms) blocks = per_sm * sms;
     kc_launch(kern, dim3(blocks), dim3(QG_WARPS * 32), smem, s,
-              (const uint8_t *)w->q, (const void *)w->s, R, w->cols, ush, n, x, y);
+              (const uint8_t *)w->q, (const void *)w->s, R, w->cols, ush, n, x, y, e);
+}
+
+// One pass of columns: the kernel for w's format and layout, one epilogue kind
+template <int EPI>
+static void gemv_q_pass(const kc_matrix *w, int R, const float *x, int n, float *y, int swiglu,
+                        const kc_gemv_epi &e, cudaStream_t s)
+{
+    const int fmt = w->dtype == PG_QI4, perch = !fmt && w->group == w->cols;
+    if constexpr (EPI == KC_EPI_PRODUCE) {   // plain rows only (a producer adds them to the residual stream)
+        PG_ASSERT(!swiglu);
+        if (fmt) gemv_q_launch<1, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
+        else if (perch && w->tiles) gemv_q_launch<0, 1, 0, 1, EPI>(w, R, x, n, y, e, s);
+        else if (perch) gemv_q_launch<0, 1, 0, 0, EPI>(w, R, x, n, y, e, s);
+        else gemv_q_launch<0, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
+    } else if (fmt) {
+        if (swiglu) gemv_q_launch<1, 0, 1, 0, EPI>(w, R, x, n, y, e, s);
+        else gemv_q_launch<1, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
+    } else if (perch && w->tiles) {
+        if (swiglu) gemv_q_launch<0, 1, 1, 1, EPI>(w, R, x, n, y, e, s);
+        else gemv_q_launch<0, 1, 0, 1, EPI>(w, R, x, n, y, e, s);
+    } else if (perch) {
+        if (swiglu) gemv_q_launch<0, 1, 1, 0, EPI>(w, R, x, n, y, e, s);
+        else gemv_q_launch<0, 1, 0, 0, EPI>(w, R, x, n, y, e, s);
+    } else {
+        if (swiglu) gemv_q_launch<0, 0, 1, 0, EPI>(w, R, x, n, y, e, s);
+        else gemv_q_launch<0, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
+    }
 }
 
 /* Columns in passes of at most 8 (the mma's n), fewer where x of 8 columns
  * would not fit in shared memory beside the pipeline (long rows). */
-extern "C" void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, int swiglu, cudaStream_t s)
+extern "C" void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, int swiglu, const kc_gemv_epi *epi,
+                         cudaStream_t s)
 {
+    const kc_gemv_epi e0 = epi ? *epi : kc_gemv_epi{};
+    const int kind = kc_epi_kind(e0);
+    PG_ASSERT(kind == KC_EPI_PRODUCE ? !swiglu : y != NULL);
     PG_ASSERT(w->q && w->s && n >= 1 && w->group > 0 && w->cols % w->group == 0);
     PG_ASSERT(!swiglu || w->rows % 2 == 0);
     PG_ASSERT(w->tiles == KC_TILES_NONE || (w->dtype == PG_QI8 && w->group == w->cols));
     const int fmt = w->dtype == PG_QI4;
     PG_ASSERT(fmt ? (w->group % 32 == 0) : (w->dtype == PG_QI8 && w->group % 16 == 0 && w->cols % 16 == 0));
+    PG_ASSERT(!w->tiles || (w->tiles == (swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS) && kc_qi8_tileable(w, w->tiles)));
     const int R = swiglu ? w->rows / 2 : w->rows;
-    const int perch = !fmt && w->group == w->cols;
     int per = 8;
     while (per > 1 && qg_smem_bytes(fmt, per, w->cols) > qg_smem_optin()) per--;
     PG_ASSERT(qg_smem_bytes(fmt, per, w->cols) <= qg_smem_optin());
     for (int i = 0; i < n; i += per) {
         const int m = n - i < per ? n - i : per;
         const float *xi = x + (size_t)i * w->cols;
-        float *yi = y + (size_t)i * R;
-        if (fmt) {
-            if (swiglu) gemv_q_launch<1, 0, 1>(w, R, xi, m, yi, s); else gemv_q_launch<1, 0, 0>(w, R, xi, m, yi, s);
-        } else if (perch) {
-            if (w->tiles) {
-                PG_ASSERT(w->tiles == (swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS) && kc_qi8_tileable(w, w->tiles));
-                if (swiglu) gemv_q_launch<0, 1, 1, 1>(w, R, xi, m, yi, s);
-                else gemv_q_launch<0, 1, 0, 1>(w, R, xi, m, yi, s);
-            } else if (swiglu) {
-                gemv_q_launch<0, 1, 1>(w, R, xi, m, yi, s);
-            } else {
-                gemv_q_launch<0, 1, 0>(w, R, xi, m, yi, s);
-            }
-        } else {
-            if (swiglu) gemv_q_launch<0, 0, 1>(w, R, xi, m, yi, s); else gemv_q_launch<0, 0, 0>(w, R, xi, m, yi, s);
-        }
+        float *yi = y ? y + (size_t)i * R : y;
+        const kc_gemv_epi e = kc_epi_at(e0, i, R);   // columns [i, i + m)
+        if (kind == KC_EPI_PRODUCE) gemv_q_pass<KC_EPI_PRODUCE>(w, R, xi, m, yi, swiglu, e, s);
+        else if (kind == KC_EPI_CONSUME) gemv_q_pass<KC_EPI_CONSUME>(w, R, xi, m, yi, swiglu, e, s);
+        else gemv_q_pass<KC_EPI_NONE>(w, R, xi, m, yi, swiglu, e, s);
     }
 }

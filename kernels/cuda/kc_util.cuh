@@ -94,6 +94,67 @@ __device__ __forceinline__ void kc_pdl_trigger() {
 // the properties record llm.c keeps, not mutable state.
 int kc_pdl_enabled(void);
 
+// ---------------------------------------------------------------- norm epilogues (kc_gemv_epi)
+// The epilogue kind of a decode product, a template parameter of the product
+// kernels (EPI), dispatched on the host: KC_EPI_NONE compiles to the plain
+// product. A runtime test of the kc_gemv_epi pointers instead cost every
+// product registers, the plain ones included (bf16 4x4 gemv 48 -> 52, 10 -> 9
+// blocks per SM; the quantized kernel 96-98 -> 106-114), and the bf16 7B
+// decode lost 1.2% on an H200 where leaving out the norm kernels saves ~5%.
+// With the template the bf16 step still loses 0.4% (7B) / 1.4% (8B) and the
+// quantized ones gain ~7%, so the engine fuses only quantized layers
+// (engine_cuda.c, fuse_norm; bench/results/h200.md, 2026-12-03 r12).
+enum { KC_EPI_NONE = 0, KC_EPI_PRODUCE = 1, KC_EPI_CONSUME = 2 };
+
+// Host: the kind of e (a producer or a consumer, never both).
+static inline int kc_epi_kind(const kc_gemv_epi &e)
+{
+    PG_ASSERT(!(e.resid && e.acc_in));
+    if (e.resid) PG_ASSERT(e.xg && e.g && e.acc_out);
+    return e.resid ? KC_EPI_PRODUCE : e.acc_in ? KC_EPI_CONSUME : KC_EPI_NONE;
+}
+
+// Host: the epilogue of columns [i, ...) of a product with `rows` outputs per
+// column (a pass of a product split into passes of a few columns).
+static inline kc_gemv_epi kc_epi_at(const kc_gemv_epi &e, int i, int rows)
+{
+    kc_gemv_epi r = e;
+    if (!r.acc_ld) r.acc_ld = KC_SS_SLOTS;
+    const size_t ld = r.acc_ld;
+    if (r.resid) { r.resid += (size_t)i * rows; r.xg += (size_t)i * rows; r.acc_out += (size_t)i * ld; }
+    if (r.acc_in) r.acc_in += (size_t)i * ld;
+    return r;
+}
+
+// Producer: output r of column n (of rows) is v: the residual add, x * g, and
+// x^2 into one of the column's KC_SS_SLOTS fixed-point accumulators. The
+// slot is the row's (r mod KC_SS_SLOTS): a product's atomics spread over the
+// slots, also those of one block (the quantized kernel stores 16 rows of a
+// tile at once); any slot gives the same sum. Both device helpers take e as
+// kc_epi_at leaves it (acc_ld set). The residual add is __fadd_rn, never
+// contracted with the product's last multiply into an FMA (the int8 kernel's
+// per-row scale): x + v is then the plain product's v added, bit for bit.
+__device__ __forceinline__ void kc_epi_produce(const kc_gemv_epi &e, int n, int rows, int r, float v)
+{
+    const size_t i = (size_t)n * rows + r;
+    const float xr = __fadd_rn(e.resid[i], v);
+    e.resid[i] = xr;
+    e.xg[i] = xr * e.g[r];
+    atomicAdd(e.acc_out + (size_t)n * e.acc_ld + (r & (KC_SS_SLOTS - 1)),
+              (unsigned long long)__float2ull_rn(xr * xr * (float)KC_SS_ONE));
+}
+// Consumer: column n's 1 / rms, by a whole warp (lane k reads slot k; an
+// integer sum, so the order does not matter). Every lane gets it.
+__device__ __forceinline__ float kc_epi_inv_warp(const kc_gemv_epi &e, int n, int cols)
+{
+    static_assert(KC_SS_SLOTS == 32, "one slot per lane");
+    unsigned long long a = e.acc_in[(size_t)n * e.acc_ld + (threadIdx.x & 31)];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+    const float ss = (float)((double)a * (1.0 / KC_SS_ONE));
+    return rsqrtf(ss / (float)cols + e.eps);
+}
+
 template <typename... KArgs, typename... Args>
 static inline void kc_launch(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
                              cudaStream_t s, Args... args)

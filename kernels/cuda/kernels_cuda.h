@@ -224,7 +224,48 @@ void k_gemv_swiglu(const kc_matrix *w, const float *x, int n, float *y, cudaStre
  * registers to f16 (s*q + m rounded once), x rounded to f16 after an exact
  * power-of-two scaling per column, f32 accumulation; swiglu = 1 for the fused
  * SwiGLU form. */
-void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, int swiglu, cudaStream_t s);
+struct kc_gemv_epi;   /* below */
+void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, int swiglu, const struct kc_gemv_epi *epi,
+              cudaStream_t s);
+
+/*
+ * Decode products with the RMSNorm folded into their epilogues, so that a
+ * layer's two add+RMSNorm kernels leave the decode step (each cost ~3 us of
+ * hand-over and reduction on an H200 at batch 1, bench/results/h200.md).
+ * RMSNorm is linear up to one scalar per column: W (x * inv * g) =
+ * inv * (W (x * g)), so
+ *   a producer (the product whose output is added to the residual stream:
+ *   wo, w2; plain rows, not SwiGLU) stores nothing in y; for each output r of
+ *   column n it does x[n][r] += v, xg[n][r] = x[n][r] * g[r] (g: the next
+ *   RMSNorm's weight), and adds x[n][r]^2 to acc_out[n][slot] as fixed point
+ *   (KC_SS_ONE units, integer atomics: the same bits in any order, so graph
+ *   replay == eager; spread over KC_SS_SLOTS addresses per column so that
+ *   thousands of atomics do not queue on one);
+ *   a consumer (the next product, reading xg as its x) scales column n of
+ *   its result by inv = rsqrt(sum(acc_in[n][*]) / KC_SS_ONE / cols + eps),
+ *   before the SiLU for SwiGLU.
+ * acc arrays are u64 [n][acc_ld] (acc_ld >= KC_SS_SLOTS; 0 means
+ * KC_SS_SLOTS), zeroed before the producer runs.
+ * Limits: sum(x^2) < 2^64 / KC_SS_ONE ~ 6.9e10 per column (|x| up to ~2.6e5
+ * in one element; LLM residual streams stay far below), and each x^2 is
+ * rounded to 2^-28 ~ 3.7e-9 (the norm's input is rounded, not the products').
+ * A zeroed struct (or NULL) is the plain product. One kind per call: resid
+ * and acc_in are not both set.
+ */
+#define KC_SS_ONE 268435456.0   /* 2^28 */
+#define KC_SS_SLOTS 32
+typedef struct kc_gemv_epi {
+    float *resid, *xg;                     /* producer: residual stream and x * g, [n][rows] */
+    const float *g;                        /* producer: the next RMSNorm's weight [rows] */
+    unsigned long long *acc_out;           /* producer: [n][acc_ld], KC_SS_SLOTS used per column */
+    const unsigned long long *acc_in;      /* consumer: the same */
+    float eps;                             /* consumer */
+    int acc_ld;                            /* u64 elements between columns of acc_out / acc_in */
+} kc_gemv_epi;
+/* k_gemv (swiglu = 0) or k_gemv_swiglu (swiglu = 1) with an epilogue; a
+ * producer needs swiglu = 0 and ignores y. */
+void k_gemv_epi(const kc_matrix *w, const float *x, int n, float *y, int swiglu, const kc_gemv_epi *epi,
+                cudaStream_t s);
 
 /* cuBLASLt bf16 GEMM for prefill: Y[n][rows] (fp32) = X[n][cols] (bf16) W^T.
  * W must be PG_BF16. The context owns the handle and a workspace. */
