@@ -123,6 +123,12 @@ double pg_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int pg_env_flag(const char *name, int dflt) {
+    const char *v = getenv(name);
+    if (!v || !*v) return dflt;
+    return strcmp(v, "0") != 0;
+}
+
 int pg_read_file(const char *path, char **data, size_t *len, pg_err *err) {
     FILE *f = fopen(path, "rb");
     if (!f) return pg_errf(err, PG_EIO, "%s: %s", path, strerror(errno));

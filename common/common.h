@@ -84,6 +84,10 @@ int pg_add_overflow(size_t a, size_t b, size_t *out);
 /* Monotonic time in seconds. */
 double pg_now(void);
 
+/* A switch from the environment (start-up configuration): dflt when the
+ * variable is unset or empty, 0 when it is "0", 1 for any other value. */
+int pg_env_flag(const char *name, int dflt);
+
 /* Read a whole file into a NUL-terminated malloc'd buffer. */
 int pg_read_file(const char *path, char **data, size_t *len, pg_err *err);
 

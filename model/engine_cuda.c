@@ -473,20 +473,14 @@ static int cu_init(engine *e, pg_err *err)
     s->L = pg_xcalloc((size_t)s->nl, sizeof *s->L);
     s->quant = e->opts.quant; s->group = e->opts.group_size > 0 ? e->opts.group_size : 32;
     s->quant_lm_head = e->opts.quant_lm_head;
-    {
-        const char *ev = getenv("PEREGRINE_NO_QI8_TILES");
-        s->qi8_tiles = !(ev && *ev && strcmp(ev, "0") != 0);
-    }
+    s->qi8_tiles = !pg_env_flag("PEREGRINE_NO_QI8_TILES", 0);
     s->any_q = 0;
     for (int l = 0; l < s->nl; l++) {
         const layer_weights *lw = &m->w.layers[l];
         const tensor *ts[4] = { &lw->wq, &lw->wo, &lw->w_gate, &lw->w_down };
         for (int k = 0; k < 4; k++) if (mat_fmt(s, ts[k], s->dim, 0).t != PG_BF16) s->any_q = 1;
     }
-    {
-        const char *ev = getenv("PEREGRINE_FUSED_NORM");
-        s->fuse_norm = ev && *ev ? strcmp(ev, "0") != 0 : s->any_q;
-    }
+    s->fuse_norm = pg_env_flag("PEREGRINE_FUSED_NORM", s->any_q);
 
     carver cw = { 0 }, ca = { 0 };
     carve_weights(s, m, &cw);

@@ -416,3 +416,21 @@ Test(engine_smollm2, decode_speed, .timeout = 600) {
     engine_free(e);
     model_free(m);
 }
+
+/* pg_env_flag, the engines' start-up switches (PEREGRINE_NO_PDL,
+ * PEREGRINE_NO_QI8_TILES, PEREGRINE_FUSED_NORM): unset or empty -> the
+ * default, "0" -> 0, anything else -> 1. */
+Test(engine, env_flag) {
+    const char *n = "PEREGRINE_TEST_ENV_FLAG";
+    cr_assert_eq(unsetenv(n), 0);
+    cr_expect_eq(pg_env_flag(n, 0), 0);
+    cr_expect_eq(pg_env_flag(n, 1), 1);
+    cr_assert_eq(setenv(n, "", 1), 0);
+    cr_expect_eq(pg_env_flag(n, 1), 1);
+    cr_assert_eq(setenv(n, "0", 1), 0);
+    cr_expect_eq(pg_env_flag(n, 1), 0);
+    cr_assert_eq(setenv(n, "1", 1), 0);
+    cr_expect_eq(pg_env_flag(n, 0), 1);
+    cr_assert_eq(setenv(n, "yes", 1), 0);
+    cr_expect_eq(pg_env_flag(n, 0), 1);
+}

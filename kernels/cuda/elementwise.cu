@@ -11,8 +11,6 @@
  */
 #include "kc_util.cuh"
 #include "kv_write.cuh"
-#include <stdlib.h>
-#include <string.h>
 
 // ---------------------------------------------------------------- PDL switch
 int kc_pdl_enabled(void)
@@ -25,8 +23,7 @@ int kc_pdl_enabled(void)
             (void)cudaGetLastError();
             major = 0;
         }
-        const char *e = getenv("PEREGRINE_NO_PDL");
-        on = major >= 9 && !(e && *e && strcmp(e, "0") != 0);
+        on = major >= 9 && !pg_env_flag("PEREGRINE_NO_PDL", 0);
     }
     return on;
 }
