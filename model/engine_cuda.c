@@ -100,7 +100,8 @@ typedef struct {
                                      matrix is quantized (any_q), where it measured +6.6% (int8) and +6.8% (int4
                                      g32) on an H200, not for bf16 (-0.4% 7B, -1.3% 8B; bench/results/h200.md);
                                      PEREGRINE_FUSED_NORM=0/1 overrides (start-up configuration) */
-    unsigned long long *ss_acc;   /* [ss_cols][2 nl][KC_SS_SLOTS]: sums of x^2 per column and norm site */
+    unsigned long long *ss_acc;   /* [ss_cols][2 nl][KC_SS_SLOTS]: sums of x^2 per column and norm site
+                                     (only with fuse_norm) */
     int       ss_cols;            /* columns the gemv path takes: decode rows, short prefill chunks */
     kc_bf16  *xb;
     int32_t  *d_tok, *d_pos, *d_slot, *d_do; float *d_u;   /* [ch] step inputs */
@@ -224,7 +225,7 @@ static void carve_acts(cu_state *s, carver *c)
     s->qscratch = s->any_q ? carve(c, (size_t)CU_QSCRATCH * 2) : NULL;
     s->xb = carve(c, ch * wide * 2);
     s->ss_cols = s->max_slots > CU_GEMM_MIN ? s->max_slots : CU_GEMM_MIN;
-    s->ss_acc = carve(c, (size_t)s->ss_cols * 2 * s->nl * KC_SS_SLOTS * 8);
+    s->ss_acc = s->fuse_norm ? carve(c, (size_t)s->ss_cols * 2 * s->nl * KC_SS_SLOTS * 8) : NULL;
     s->part = carve(c, k_attn_decode_part_floats(s->max_slots > CU_PF_DEC ? s->max_slots : CU_PF_DEC, s->sh) * 4);
     s->logits = carve(c, (ms + CU_KEEP_ROWS) * V * 4);
     s->swork = carve(c, ms * V * 4);
