@@ -213,6 +213,15 @@ extern "C" void k_quant_from_gguf(const void *src, pg_dtype st, int64_t rows, in
 
 // ---------------------------------------------------------------- dequantization
 // One thread per 8 consecutive elements; blockIdx.y = row (cols % 16 == 0).
+// Two int8 codes of a 32-bit word (bytes sh/8 and sh/8 + 1) times the row
+// scale, as a bf16 pair (low half = the lower byte): the rounding of the CPU
+// reference (product in f32, then round to bf16).
+__device__ __forceinline__ uint32_t dq_i8x2_bf16(uint32_t word, int sh, float s)
+{
+    const float a = s * (float)(int8_t)(word >> sh), b = s * (float)(int8_t)(word >> (sh + 8));
+    return (uint32_t)kc_f_bf16(a) | ((uint32_t)kc_f_bf16(b) << 16);
+}
+
 __global__ void dequant_bf16_kernel(kc_matrix w, int64_t r0, uint4 *__restrict__ dst)
 {
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
@@ -224,12 +233,7 @@ __global__ void dequant_bf16_kernel(kc_matrix w, int64_t r0, uint4 *__restrict__
         const float s = kc_f16_f(((const uint16_t *)w.s)[r * ng + c / w.group]);
         // 8 elements of one row: contiguous in every tile order (c % 8 == 0)
         uint2 v = *(const uint2 *)((const int8_t *)w.q + kc_qi8_at(w.tiles, w.rows, cols, r, c));
-        for (int k = 0; k < 4; k++) {
-            uint32_t u = k < 2 ? v.x : v.y;
-            int sh = 16 * (k & 1);
-            float a = s * (float)(int8_t)(u >> sh), b = s * (float)(int8_t)(u >> (sh + 8));
-            o[k] = (uint32_t)kc_f_bf16(a) | ((uint32_t)kc_f_bf16(b) << 16);
-        }
+        for (int k = 0; k < 4; k++) o[k] = dq_i8x2_bf16(k < 2 ? v.x : v.y, 16 * (k & 1), s);
     } else {
         const uint32_t smv = ((const uint32_t *)w.s)[r * ng + c / w.group];
         const float s = kc_f16_f(smv & 0xffff), m = kc_f16_f(smv >> 16);
@@ -262,12 +266,7 @@ __global__ void dequant_qi8_tiled_kernel(kc_matrix w, int64_t r0, int64_t nrows,
     const uint4 v = *(const uint4 *)((const int8_t *)w.q + kc_qi8_at(w.tiles, w.rows, w.cols, r, c));
     const uint32_t in[4] = { v.x, v.y, v.z, v.w };
     uint32_t o[8];
-    for (int k = 0; k < 8; k++) {
-        const uint32_t x = in[k / 2];
-        const int sh = 16 * (k & 1);
-        const float a = sc * (float)(int8_t)(x >> sh), b = sc * (float)(int8_t)(x >> (sh + 8));
-        o[k] = (uint32_t)kc_f_bf16(a) | ((uint32_t)kc_f_bf16(b) << 16);
-    }
+    for (int k = 0; k < 8; k++) o[k] = dq_i8x2_bf16(in[k / 2], 16 * (k & 1), sc);
     uint4 *d = dst + (rl * w.cols + c) / 8;
     d[0] = make_uint4(o[0], o[1], o[2], o[3]);
     d[1] = make_uint4(o[4], o[5], o[6], o[7]);
