@@ -72,9 +72,10 @@ typedef struct {
     weight_quant quant;           /* engine_opts.quant, group_size, quant_lm_head */
     int group, quant_lm_head;
     int any_q;                    /* some matrix is QI8/QI4: prefill dequantizes tiles */
-    int qi8_tiles;                /* layer matrices in QI8 with per-row scales are stored in the decode
-                                     kernel's tile order (kernels_cuda.h); PEREGRINE_NO_QI8_TILES=1 keeps
-                                     them row-major (start-up configuration, for comparisons) */
+    int qi8_tiles, qi4_tiles;     /* layer matrices in QI8 with per-row scales / in QI4 are stored in the
+                                     decode kernel's tile order (kernels_cuda.h); PEREGRINE_NO_QI8_TILES=1 /
+                                     PEREGRINE_NO_QI4_TILES=1 keep them row-major (start-up configuration,
+                                     for comparisons) */
     kc_bf16 *qscratch;            /* CU_QSCRATCH bf16 elements for those tiles */
     size_t    dev_used0, dev_peak;  /* device bytes in use before init / at its peak (load staging) */
 
@@ -183,6 +184,14 @@ static void carve_matrix(carver *c, kc_matrix *m, cu_fmt f, int rows, int cols)
     m->s = sb ? carve(c, sb) : NULL;
 }
 
+/* m in the decode kernel's tile order where its format, shape and the
+ * start-up switches allow (kc_q_tileable) */
+static void tile_matrix(const cu_state *s, kc_matrix *m, int tiles)
+{
+    const int on = m->dtype == PG_QI8 ? s->qi8_tiles : m->dtype == PG_QI4 ? s->qi4_tiles : 0;
+    if (on && kc_q_tileable(m, tiles)) m->tiles = tiles;
+}
+
 static void carve_weights(cu_state *s, const model *m, carver *c)
 {
     const model_weights *w = &m->w;
@@ -195,12 +204,11 @@ static void carve_weights(cu_state *s, const model *m, carver *c)
         carve_matrix(c, &L->wo, mat_fmt(s, &lw->wo, s->q_rows, 0), s->dim, s->q_rows);
         carve_matrix(c, &L->w13, mat_fmt(s, &lw->w_gate, s->dim, 0), 2 * s->hidden, s->dim);
         carve_matrix(c, &L->w2, mat_fmt(s, &lw->w_down, s->hidden, 0), s->dim, s->hidden);
-        if (s->qi8_tiles) {   /* the decode products; SwiGLU's gate and up rows tile in pairs */
-            if (kc_qi8_tileable(&L->wqkv, KC_TILES_ROWS)) L->wqkv.tiles = KC_TILES_ROWS;
-            if (kc_qi8_tileable(&L->wo, KC_TILES_ROWS)) L->wo.tiles = KC_TILES_ROWS;
-            if (kc_qi8_tileable(&L->w13, KC_TILES_PAIRS)) L->w13.tiles = KC_TILES_PAIRS;
-            if (kc_qi8_tileable(&L->w2, KC_TILES_ROWS)) L->w2.tiles = KC_TILES_ROWS;
-        }
+        /* the decode products; SwiGLU's gate and up rows tile in pairs */
+        tile_matrix(s, &L->wqkv, KC_TILES_ROWS);
+        tile_matrix(s, &L->wo, KC_TILES_ROWS);
+        tile_matrix(s, &L->w13, KC_TILES_PAIRS);
+        tile_matrix(s, &L->w2, KC_TILES_ROWS);
     }
     carve_matrix(c, &s->emb, mat_fmt(s, &w->tok_embd, s->dim, 1), s->vocab, s->dim);
     if (lm_shares_emb(s, m)) s->lm_head = s->emb;
@@ -296,7 +304,7 @@ static void up_matrix(uploader *u, const tensor *t, kc_matrix *m, int64_t row0, 
         size_t ng = (size_t)t->rows * (size_t)(t->cols / t->group), pb = t->dtype == PG_QI4 ? 4 : 2;
         if (m->tiles) {   /* row-major in the file: through the staging buffer into tile order */
             up_copy(u, u->dstage, t->data, t->nbytes);
-            k_qi8_place((const int8_t *)u->dstage, t->rows, m, row0, u->st);
+            k_q_place((const uint8_t *)u->dstage, t->rows, m, row0, u->st);
         } else {
             up_copy(u, (uint8_t *)m->q + (size_t)row0 * pg_dtype_row_bytes(t->dtype, t->cols), t->data, t->nbytes);
         }
@@ -475,6 +483,7 @@ static int cu_init(engine *e, pg_err *err)
     s->quant = e->opts.quant; s->group = e->opts.group_size > 0 ? e->opts.group_size : 32;
     s->quant_lm_head = e->opts.quant_lm_head;
     s->qi8_tiles = !pg_env_flag("PEREGRINE_NO_QI8_TILES", 0);
+    s->qi4_tiles = !pg_env_flag("PEREGRINE_NO_QI4_TILES", 0);
     s->any_q = 0;
     for (int l = 0; l < s->nl; l++) {
         const layer_weights *lw = &m->w.layers[l];

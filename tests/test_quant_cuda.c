@@ -14,13 +14,15 @@
  *                       f16's range. The tensor-core kernel rounds weights
  *                       and x to f16 and sums in f32: <= 3e-3 (DESIGN.md
  *                       allows 1e-2 for quantized kernels).
- *   qi8_tiles           int8 stored in the decode kernel's tile order: bytes
- *                       where kc_qi8_at says (k_quantize in two row ranges,
- *                       k_qi8_place), and decode products and dequantized
- *                       rows bit-identical to the row-major layout's.
+ *   qi8_tiles, qi4_tiles int8 / int4 stored in the decode kernel's tile
+ *                       order: bytes where kc_q_at says (k_quantize in two
+ *                       row ranges, k_q_place, int4 g32 also
+ *                       k_quant_from_gguf), and decode products and
+ *                       dequantized rows bit-identical to the row-major
+ *                       layout's.
  *   gemv_norm_epilogues the RMSNorm carried by the quantized decode products
  *                       (kc_gemv_epi; check in tests/test_util.h), int8
- *                       row-major and tiled, int4.
+ *                       and int4, row-major and tiled.
  *   gemm_q              prefill tiles (dequantized to bf16, tensor cores) vs
  *                       ref_matmul_q with bf16-rounded x and weights: <= 1e-2.
  *   dequant_embed       k_dequant_bf16 and k_embed vs quant_dequant_row: exact.
@@ -239,23 +241,27 @@ static void check_gemv_q(pg_dtype to, int group, int rows, int cols, int n, int 
     check_gemv_q_x(to, group, rows, cols, n, swiglu, seed, 0.f);
 }
 
-/* The tiled QI8 layout (kernels_cuda.h) against the row-major one for one
- * random matrix: k_quantize (in two row ranges, as the engine loads gate and
- * up, or q/k/v, into one matrix) puts every byte where kc_qi8_at says and
- * k_qi8_place (a checkpoint's rows) agrees bit for bit; the decode products
- * (n = 1, 2, 8; plain and SwiGLU) and the prefill's dequantized tiles equal
- * the row-major ones bit for bit: every output is the same sums in the same
- * order, only the bytes' addresses differ. */
-static void check_qi8_tiles(int rows, int cols, int tiles, uint64_t seed)
+/* The tiled QI8 / QI4 layout (kernels_cuda.h) against the row-major one for
+ * one random matrix (to, group; QI8: group = cols): k_quantize (in two row
+ * ranges, as the engine loads gate and up, or q/k/v, into one matrix) puts
+ * every byte where kc_q_at says, and k_q_place (a checkpoint's rows) and,
+ * for int4 g32, k_quant_from_gguf of Q4_1 blocks (the default model's
+ * weights) agree bit for bit; the decode products (n = 1, 2, 8; plain and
+ * SwiGLU) and the prefill's dequantized rows equal the row-major ones bit for
+ * bit: every output is the same sums in the same order, only the bytes'
+ * addresses differ. */
+static void check_q_tiles(pg_dtype to, int group, int rows, int cols, int tiles, uint64_t seed)
 {
     pg_rng r;
     pg_rng_seed(&r, seed);
     tensor src = rand_tensor(&r, PG_F32, rows, cols);
-    const size_t qb = kc_qm_q_bytes(PG_QI8, rows, cols, cols), sb = kc_qm_s_bytes(PG_QI8, rows, cols, cols);
-    kc_matrix mr = { PG_QI8, rows, cols, dev_poison(qb), dev_poison(sb), cols, KC_TILES_NONE };
-    kc_matrix mt = { PG_QI8, rows, cols, dev_poison(qb), dev_poison(sb), cols, tiles };
-    kc_matrix mp = { PG_QI8, rows, cols, dev_poison(qb), dev_poison(sb), cols, tiles };
-    cr_assert(kc_qi8_tileable(&mt, tiles), "%dx%d must be tileable", rows, cols);
+    const char *fn = to == PG_QI4 ? "int4" : "int8";
+    const size_t qb = kc_qm_q_bytes(to, rows, cols, group), sb = kc_qm_s_bytes(to, rows, cols, group);
+    const int64_t rowb = to == PG_QI4 ? cols / 2 : cols;
+    kc_matrix mr = { to, rows, cols, dev_poison(qb), dev_poison(sb), group, KC_TILES_NONE };
+    kc_matrix mt = { to, rows, cols, dev_poison(qb), dev_poison(sb), group, tiles };
+    kc_matrix mp = { to, rows, cols, dev_poison(qb), dev_poison(sb), group, tiles };
+    cr_assert(kc_q_tileable(&mt, tiles), "%s %dx%d must be tileable", fn, rows, cols);
     void *dsrc = dev_from(src.data, src.nbytes);
     /* two calls: rows [0, h) and [h, rows), h not on a tile boundary (q/k/v
      * and gate/up splits are, but the mapping must not depend on it) */
@@ -263,19 +269,42 @@ static void check_qi8_tiles(int rows, int cols, int tiles, uint64_t seed)
     k_quantize(dsrc, PG_F32, rows, cols, &mr, 0, 0);
     k_quantize(dsrc, PG_F32, h, cols, &mt, 0, 0);
     k_quantize((const float *)dsrc + (size_t)h * cols, PG_F32, rows - h, cols, &mt, h, 0);
-    k_qi8_place((const int8_t *)mr.q, rows, &mp, 0, 0);
+    k_q_place((const uint8_t *)mr.q, rows, &mp, 0, 0);
     KC_CHECK(cudaMemcpy(mp.s, mr.s, sb, cudaMemcpyDeviceToDevice));
-    int8_t *hr = pg_xmalloc(qb), *ht = pg_xmalloc(qb), *hp = pg_xmalloc(qb);
+    uint8_t *hr = pg_xmalloc(qb), *ht = pg_xmalloc(qb), *hp = pg_xmalloc(qb);
     KC_CHECK(cudaDeviceSynchronize());
     to_host(hr, mr.q, qb); to_host(ht, mt.q, qb); to_host(hp, mp.q, qb);
     size_t bad = 0;
     for (int64_t i = 0; i < rows; i++)
-        for (int64_t c = 0; c < cols; c++) bad += hr[i * cols + c] != ht[kc_qi8_at(tiles, rows, cols, i, c)];
-    cr_expect(bad == 0, "tiles %d %dx%d: %zu quantized bytes not where kc_qi8_at puts them", tiles, rows, cols, bad);
-    cr_expect(memcmp(ht, hp, qb) == 0, "tiles %d %dx%d: k_qi8_place differs from k_quantize", tiles, rows, cols);
-    uint16_t *sr = pg_xmalloc(sb), *st = pg_xmalloc(sb);
+        for (int64_t c = 0; c < cols; c += (to == PG_QI4 ? 2 : 1))
+            bad += hr[i * rowb + (to == PG_QI4 ? c / 2 : c)] != ht[kc_q_at(&mt, i, c)];
+    cr_expect(bad == 0, "%s tiles %d %dx%d: %zu quantized bytes not where kc_q_at puts them", fn, tiles, rows, cols,
+              bad);
+    cr_expect(memcmp(ht, hp, qb) == 0, "%s tiles %d %dx%d: k_q_place differs from k_quantize", fn, tiles, rows,
+              cols);
+    uint8_t *sr = pg_xmalloc(sb), *st = pg_xmalloc(sb);
     to_host(sr, mr.s, sb); to_host(st, mt.s, sb);
-    cr_expect(memcmp(sr, st, sb) == 0, "tiles %d %dx%d: the row scales differ", tiles, rows, cols);
+    cr_expect(memcmp(sr, st, sb) == 0, "%s tiles %d %dx%d: the scales differ", fn, tiles, rows, cols);
+    if (to == PG_QI4 && group == 32) {   /* GGUF Q4_1 -> QI4 g32, row-major and tiled, in two row ranges */
+        tensor blk = rand_tensor(&r, PG_Q4_1, rows, cols);
+        void *dblk = dev_from(blk.data, blk.nbytes);
+        const size_t half = pg_dtype_row_bytes(PG_Q4_1, cols) * (size_t)h;
+        kc_matrix gr = { to, rows, cols, dev_poison(qb), dev_poison(sb), 32, KC_TILES_NONE };
+        kc_matrix gt = { to, rows, cols, dev_poison(qb), dev_poison(sb), 32, tiles };
+        k_quant_from_gguf(dblk, PG_Q4_1, rows, cols, &gr, 0, 0);
+        k_quant_from_gguf(dblk, PG_Q4_1, h, cols, &gt, 0, 0);
+        k_quant_from_gguf((const uint8_t *)dblk + half, PG_Q4_1, rows - h, cols, &gt, h, 0);
+        uint8_t *g1 = pg_xmalloc(qb), *g2 = pg_xmalloc(qb), *s1 = pg_xmalloc(sb), *s2 = pg_xmalloc(sb);
+        to_host(g1, gr.q, qb); to_host(g2, gt.q, qb); to_host(s1, gr.s, sb); to_host(s2, gt.s, sb);
+        size_t gbad = 0;
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t c = 0; c < cols; c += 2) gbad += g1[i * rowb + c / 2] != g2[kc_q_at(&gt, i, c)];
+        cr_expect(gbad == 0, "Q4_1 -> int4 tiles %d %dx%d: %zu bytes not where kc_q_at puts them", tiles, rows,
+                  cols, gbad);
+        cr_expect(memcmp(s1, s2, sb) == 0, "Q4_1 -> int4 tiles %d %dx%d: the parameters differ", tiles, rows, cols);
+        cudaFree(gr.q); cudaFree(gr.s); cudaFree(gt.q); cudaFree(gt.s); cudaFree(dblk);
+        free(g1); free(g2); free(s1); free(s2); free((void *)blk.data);
+    }
 
     const int swiglu = tiles == KC_TILES_PAIRS, orows = swiglu ? rows / 2 : rows;
     int ns[] = { 1, 2, 8 };
@@ -290,9 +319,9 @@ static void check_qi8_tiles(int rows, int cols, int tiles, uint64_t seed)
         to_host(yr, dyr, (size_t)n * orows * 4); to_host(yt, dyt, (size_t)n * orows * 4);
         size_t diff = 0;
         for (size_t i = 0; i < (size_t)n * orows; i++) diff += memcmp(&yr[i], &yt[i], 4) != 0;
-        cr_log_info("gemv int8 tiles %d %dx%d n=%d: %zu of %zu outputs differ from row-major", tiles, rows, cols, n,
-                    diff, (size_t)n * orows);
-        cr_expect(diff == 0, "gemv int8 tiles %d %dx%d n=%d: %zu outputs differ from row-major", tiles, rows, cols,
+        cr_log_info("gemv %s tiles %d %dx%d n=%d: %zu of %zu outputs differ from row-major", fn, tiles, rows, cols,
+                    n, diff, (size_t)n * orows);
+        cr_expect(diff == 0, "gemv %s tiles %d %dx%d n=%d: %zu outputs differ from row-major", fn, tiles, rows, cols,
                   n, diff);
         cudaFree(dx); cudaFree(dyr); cudaFree(dyt);
         free(x); free(yr); free(yt);
@@ -306,8 +335,8 @@ static void check_qi8_tiles(int rows, int cols, int tiles, uint64_t seed)
         k_dequant_bf16(&mt, r0, nr, dbt, 0);
         kc_bf16 *br = pg_xmalloc((size_t)nr * cols * 2), *bt = pg_xmalloc((size_t)nr * cols * 2);
         to_host(br, dbr, (size_t)nr * cols * 2); to_host(bt, dbt, (size_t)nr * cols * 2);
-        cr_expect(memcmp(br, bt, (size_t)nr * cols * 2) == 0, "tiles %d %dx%d: dequantized rows [%lld, %lld) differ",
-                  tiles, rows, cols, (long long)r0, (long long)(r0 + nr));
+        cr_expect(memcmp(br, bt, (size_t)nr * cols * 2) == 0, "%s tiles %d %dx%d: dequantized rows [%lld, %lld) differ",
+                  fn, tiles, rows, cols, (long long)r0, (long long)(r0 + nr));
         cudaFree(dbr); cudaFree(dbt); free(br); free(bt);
     }
     cudaFree(mr.q); cudaFree(mr.s); cudaFree(mt.q); cudaFree(mt.s); cudaFree(mp.q); cudaFree(mp.s);
@@ -320,36 +349,50 @@ Test(quant_cuda, qi8_tiles)
     NEED_GPU();
     /* more tiles than blocks on some, one tile per block on others; 4096 and
      * 11008 columns as in the 7B products */
-    check_qi8_tiles(192, 128, KC_TILES_ROWS, 700);
-    check_qi8_tiles(4096, 4096, KC_TILES_ROWS, 701);
-    check_qi8_tiles(64, 11008, KC_TILES_ROWS, 702);
-    check_qi8_tiles(640, 128, KC_TILES_PAIRS, 703);
-    check_qi8_tiles(2 * 1376, 4096, KC_TILES_PAIRS, 704);
-    check_qi8_tiles(48, 640, KC_TILES_PAIRS, 705);
+    check_q_tiles(PG_QI8, 128, 192, 128, KC_TILES_ROWS, 700);
+    check_q_tiles(PG_QI8, 4096, 4096, 4096, KC_TILES_ROWS, 701);
+    check_q_tiles(PG_QI8, 11008, 64, 11008, KC_TILES_ROWS, 702);
+    check_q_tiles(PG_QI8, 128, 640, 128, KC_TILES_PAIRS, 703);
+    check_q_tiles(PG_QI8, 4096, 2 * 1376, 4096, KC_TILES_PAIRS, 704);
+    check_q_tiles(PG_QI8, 640, 48, 640, KC_TILES_PAIRS, 705);
 }
 
-/* A copy of the row-major QI8 matrix m (per-row scales) stored with `tiles`
- * (kc_qi8_at), as the engine loads the decode products. */
-static kc_matrix dev_qi8_tiled(const kc_matrix *m, int tiles)
+Test(quant_cuda, qi4_tiles)
+{
+    NEED_GPU();
+    /* groups 32 / 64 / 128 (1, 2, 4 lanes per group word); the 7B shapes;
+     * 1536 columns as the default model's w2 */
+    check_q_tiles(PG_QI4, 32, 192, 128, KC_TILES_ROWS, 710);
+    check_q_tiles(PG_QI4, 32, 4096, 4096, KC_TILES_ROWS, 711);
+    check_q_tiles(PG_QI4, 128, 64, 11008, KC_TILES_ROWS, 712);
+    check_q_tiles(PG_QI4, 64, 576, 1536, KC_TILES_ROWS, 713);
+    check_q_tiles(PG_QI4, 64, 640, 128, KC_TILES_PAIRS, 714);
+    check_q_tiles(PG_QI4, 32, 2 * 1376, 4096, KC_TILES_PAIRS, 715);
+    check_q_tiles(PG_QI4, 128, 48, 640, KC_TILES_PAIRS, 716);
+}
+
+/* A copy of the row-major QI8 (per-row scales) or QI4 matrix m stored with
+ * `tiles` (kc_q_at), as the engine loads the decode products. */
+static kc_matrix dev_q_tiled(const kc_matrix *m, int tiles)
 {
     kc_matrix t = *m;
     t.tiles = tiles;
-    cr_assert(kc_qi8_tileable(&t, tiles), "%dx%d must be tileable", m->rows, m->cols);
-    const size_t qb = kc_qm_q_bytes(PG_QI8, m->rows, m->cols, m->group);
-    const size_t sb = kc_qm_s_bytes(PG_QI8, m->rows, m->cols, m->group);
+    cr_assert(kc_q_tileable(&t, tiles), "%dx%d must be tileable", m->rows, m->cols);
+    const size_t qb = kc_qm_q_bytes(m->dtype, m->rows, m->cols, m->group);
+    const size_t sb = kc_qm_s_bytes(m->dtype, m->rows, m->cols, m->group);
     t.q = dev_poison(qb);
     t.s = dev_from(NULL, sb);
     KC_CHECK(cudaMemcpy(t.s, m->s, sb, cudaMemcpyDeviceToDevice));
-    k_qi8_place((const int8_t *)m->q, m->rows, &t, 0, 0);
+    k_q_place((const uint8_t *)m->q, m->rows, &t, 0, 0);
     return t;
 }
 
 /* The norm epilogues (kc_gemv_epi, tests/test_util.h) on the quantized
  * kernel: int8 per channel and g32, int4 g32 / g128, plain and SwiGLU
- * consumers, 1, 3 and 11 columns (two passes). tiled: int8 in the decode
- * kernel's tile order (the producer in row tiles, the consumer in pair tiles
- * for SwiGLU), the engine's default for per-row int8; the consumer's plain
- * reference product from the row-major twin. */
+ * consumers, 1, 3 and 11 columns (two passes). tiled: int8 or int4 in the
+ * decode kernel's tile order (the producer in row tiles, the consumer in pair
+ * tiles for SwiGLU), the engine's default where the shape allows; the
+ * consumer's plain reference product from the row-major twin. */
 static void check_norm_epi_q(pg_dtype to, int group, int dim, int k, int r2, int swiglu, int n, uint64_t seed,
                              float amp, int tiled)
 {
@@ -360,8 +403,8 @@ static void check_norm_epi_q(pg_dtype to, int group, int dim, int k, int r2, int
     tensor tc = rand_q(&r, to, group ? group : dim, r2, dim, &mc);
     kc_matrix wp = dev_qmatrix(&tp), wc = dev_qmatrix(&tc);
     if (tiled) {
-        kc_matrix tw = dev_qi8_tiled(&wp, KC_TILES_ROWS);
-        kc_matrix tcw = dev_qi8_tiled(&wc, swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS);
+        kc_matrix tw = dev_q_tiled(&wp, KC_TILES_ROWS);
+        kc_matrix tcw = dev_q_tiled(&wc, swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS);
         check_gemv_norm_epi(&tw, &tcw, &wc, swiglu, n, seed + 1, amp);
         cudaFree(tw.q); cudaFree(tw.s); cudaFree(tcw.q); cudaFree(tcw.s);
     } else {
@@ -381,6 +424,8 @@ Test(quant_cuda, gemv_norm_epilogues)
         check_norm_epi_q(PG_QI4, 128, 4096, 4096, 2 * 1024, 1, ns[c], 920 + c, 1.f, 0);
         check_norm_epi_q(PG_QI8, 0, 576, 1536, 2 * 1536, 1, ns[c], 940 + c, 1.f, 1);
         check_norm_epi_q(PG_QI8, 0, 4096, 4096, 960, 0, ns[c], 950 + c, 1.f, 1);
+        check_norm_epi_q(PG_QI4, 32, 4096, 4096, 2 * 1024, 1, ns[c], 970 + c, 1.f, 1);
+        check_norm_epi_q(PG_QI4, 64, 1024, 1536, 1024, 0, ns[c], 980 + c, 1.f, 1);
     }
     check_norm_epi_q(PG_QI8, 32, 576, 576, 2 * 576, 1, 3, 960, 1.f, 0);   /* int8 g32 (from GGUF Q8_0) */
     /* small and large residual streams: the consumer reads x * g unnormalised */
@@ -612,10 +657,18 @@ Test(quant_cuda, engine_int8_unfused_norm_matches_cpu)
     cr_assert_eq(setenv("PEREGRINE_FUSED_NORM", "0", 1), 0);
     cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32);
 }
+/* tiny-llama3's wqkv, wo and w13 (128 columns) are stored tiled, its w2
+ * (320) row-major */
 Test(quant_cuda, engine_int4_matches_cpu)
 {
     NEED_GPU();
     cuda_vs_cpu_quant("tiny-llama", WQUANT_INT4, 32);
+    cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT4, 64);
+}
+Test(quant_cuda, engine_int4_row_major_matches_cpu)
+{
+    NEED_GPU();
+    cr_assert_eq(setenv("PEREGRINE_NO_QI4_TILES", "1", 1), 0);
     cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT4, 64);
 }
 

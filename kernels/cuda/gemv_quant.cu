@@ -15,7 +15,8 @@
  * no column to work on (B has 8 columns, decode has 1) costs nothing we lack,
  * and batches of 2..8 columns cost about the same as one.
  *
- * Layout: the canonical QI8/QI4 layout, no reordering. A warp computes a tile
+ * Layout: the canonical QI8/QI4 layout, or (TILED) the same bytes in the
+ * order a warp reads them (kc_matrix.tiles, kernels_cuda.h). A warp computes a tile
  * of 16 rows (SwiGLU: 8 gate rows and their 8 up rows) over chunks of 64
  * bytes per row (128 int4 or 64 int8 columns). Lane (g = lane / 4,
  * t = lane % 4) takes 16 bytes of row g and 16 of row g + 8 at byte 16 t of
@@ -379,7 +380,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     constexpr int CW = FMT ? 128 : 64;       // columns per 64-byte chunk
     constexpr int TR = MODE ? 8 : 16;        // outputs per tile
     constexpr int SB = FMT ? 4 : 2;          // bytes per scale entry
-    static_assert(!TILED || (FMT == 0 && PERCH), "tiles are built for QI8 with per-row scales only");
+    static_assert(!TILED || FMT == 1 || PERCH, "QI8 tiles are built with per-row scales only");
     static_assert(!(EPI == KC_EPI_PRODUCE && MODE == 1), "a producer's rows are plain, not SwiGLU");
     // bytes between a lane's consecutive chunks, and between a warp's
     // consecutive steps: along a row (row-major), or along the tile's chunk
@@ -405,7 +406,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
     kc_pdl_trigger();
 
-    // tiled: balanced to a tile (R is a multiple of TR: kc_qi8_tileable)
+    // tiled: balanced to a tile (R is a multiple of TR: kc_q_tileable)
     const int o0 = TILED ? (int)((long long)(R / TR) * blockIdx.x / gridDim.x) * TR
                          : (int)((long long)R * blockIdx.x / gridDim.x);
     const int o1 = TILED ? (int)((long long)(R / TR) * (blockIdx.x + 1) / gridDim.x) * TR
@@ -421,17 +422,17 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     int ii = 0, ik = 0;
     const uint8_t *dp0, *dp1, *sp0 = nullptr, *sp1 = nullptr;
     auto set_rows = [&](int i) {
+        const int o = o0 + i * TR + g;
+        const int r0 = min(o, o1 - 1), r1 = MODE == 1 ? R + r0 : min(o + 8, o1 - 1);
+        const int u0 = warp * 4 * QG_UPL + t;   // the lane's unit in its first chunk
         if constexpr (TILED) {   // fragment rows g and g + 8 of tile (o0 / TR + i), the warp's first chunk
             const size_t ti = (size_t)(o0 / TR + i);
             dp0 = q + ((ti * nch + (size_t)warp * QG_UPL) * 16 + g) * 64 + t * 16;
             dp1 = dp0 + 8 * 64;
-            return;
+        } else {
+            dp0 = q + (size_t)r0 * rowb + (size_t)u0 * 16;
+            dp1 = q + (size_t)r1 * rowb + (size_t)u0 * 16;
         }
-        const int o = o0 + i * TR + g;
-        const int r0 = min(o, o1 - 1), r1 = MODE == 1 ? R + r0 : min(o + 8, o1 - 1);
-        const int u0 = warp * 4 * QG_UPL + t;   // the lane's unit in its first chunk
-        dp0 = q + (size_t)r0 * rowb + (size_t)u0 * 16;
-        dp1 = q + (size_t)r1 * rowb + (size_t)u0 * 16;
         if (!PERCH) {
             sp0 = (const uint8_t *)sp + ((size_t)r0 * ngr + (u0 >> ush)) * SB;
             sp1 = (const uint8_t *)sp + ((size_t)r1 * ngr + (u0 >> ush)) * SB;
@@ -610,10 +611,14 @@ static void gemv_q_pass(const kc_matrix *w, int R, const float *x, int n, float 
     const int fmt = w->dtype == PG_QI4, perch = !fmt && w->group == w->cols;
     if constexpr (EPI == KC_EPI_PRODUCE) {   // plain rows only (a producer adds them to the residual stream)
         PG_ASSERT(!swiglu);
-        if (fmt) gemv_q_launch<1, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
+        if (fmt && w->tiles) gemv_q_launch<1, 0, 0, 1, EPI>(w, R, x, n, y, e, s);
+        else if (fmt) gemv_q_launch<1, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
         else if (perch && w->tiles) gemv_q_launch<0, 1, 0, 1, EPI>(w, R, x, n, y, e, s);
         else if (perch) gemv_q_launch<0, 1, 0, 0, EPI>(w, R, x, n, y, e, s);
         else gemv_q_launch<0, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
+    } else if (fmt && w->tiles) {
+        if (swiglu) gemv_q_launch<1, 0, 1, 1, EPI>(w, R, x, n, y, e, s);
+        else gemv_q_launch<1, 0, 0, 1, EPI>(w, R, x, n, y, e, s);
     } else if (fmt) {
         if (swiglu) gemv_q_launch<1, 0, 1, 0, EPI>(w, R, x, n, y, e, s);
         else gemv_q_launch<1, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
@@ -639,10 +644,9 @@ extern "C" void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, in
     PG_ASSERT(kind == KC_EPI_PRODUCE ? !swiglu : y != NULL);
     PG_ASSERT(w->q && w->s && n >= 1 && w->group > 0 && w->cols % w->group == 0);
     PG_ASSERT(!swiglu || w->rows % 2 == 0);
-    PG_ASSERT(w->tiles == KC_TILES_NONE || (w->dtype == PG_QI8 && w->group == w->cols));
     const int fmt = w->dtype == PG_QI4;
     PG_ASSERT(fmt ? (w->group % 32 == 0) : (w->dtype == PG_QI8 && w->group % 16 == 0 && w->cols % 16 == 0));
-    PG_ASSERT(!w->tiles || (w->tiles == (swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS) && kc_qi8_tileable(w, w->tiles)));
+    PG_ASSERT(!w->tiles || (w->tiles == (swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS) && kc_q_tileable(w, w->tiles)));
     const int R = swiglu ? w->rows / 2 : w->rows;
     int per = 8;
     while (per > 1 && qg_smem_bytes(fmt, per, w->cols) > qg_smem_optin()) per--;

@@ -72,16 +72,18 @@ typedef uint16_t kc_bf16;
  * The decode kernels (gemv_quant.cu) read q with 16-byte loads: a 16-byte
  * unit is 16 QI8 or 32 QI4 elements, never straddling a group.
  *
- * Tiled QI8 (tiles != KC_TILES_NONE; only PG_QI8 with group = cols, cols %
- * 64 == 0, rows % 16 == 0): q holds the same bytes in the order the decode
- * kernel reads them, so that each warp copy is 1 KB of contiguous memory
- * instead of 16 rows x 64 bytes 4 KB or more apart. Rows are grouped into
- * tiles of 16 "fragment rows"; a tile is stored chunk by chunk, a chunk being
- * 64 columns of its 16 rows, [tile][cols / 64][16][64] bytes.
+ * Tiled QI8 / QI4 (tiles != KC_TILES_NONE; PG_QI8 with group = cols and
+ * cols % 64 == 0, or PG_QI4 with cols % 128 == 0; rows % 16 == 0): q holds
+ * the same bytes in the order the decode kernel reads them, so that each warp
+ * copy is 1 KB of contiguous memory instead of 16 rows x 64 bytes 2 KB or
+ * more apart. Rows are grouped into tiles of 16 "fragment rows"; a tile is
+ * stored chunk by chunk, a chunk being 64 bytes (64 QI8 or 128 QI4 columns)
+ * of its 16 rows, [tile][row bytes / 64][16][64] bytes.
  *   KC_TILES_ROWS:  tile k = rows 16k .. 16k + 15.
  *   KC_TILES_PAIRS: (SwiGLU, rows = 2h) tile k = rows 8k .. 8k + 7 of the
  *                   first half, then rows h + 8k .. h + 8k + 7 of the second.
- * s (one scale per row) stays in row order. kc_qi8_at gives an element's byte.
+ * s (QI8: one scale per row; QI4: the group words) stays in row order.
+ * kc_qi8_at gives a byte's place, kc_q_at an element's byte.
  */
 enum { KC_TILES_NONE = 0, KC_TILES_ROWS = 1, KC_TILES_PAIRS = 2 };
 typedef struct {
@@ -90,7 +92,7 @@ typedef struct {
     void    *q;
     void    *s;
     int      group;   /* PG_QI8 / PG_QI4: elements per group along cols; 0 otherwise */
-    int      tiles;   /* PG_QI8: KC_TILES_*; 0 (row-major) for every other format */
+    int      tiles;   /* PG_QI8 / PG_QI4: KC_TILES_*; 0 (row-major) for every other format */
 } kc_matrix;
 
 #ifdef __CUDACC__
@@ -98,8 +100,9 @@ typedef struct {
 #else
 #define KC_HD
 #endif
-/* Byte offset of element (r, c) in q of a PG_QI8 matrix rows x cols stored
- * with `tiles` (KC_TILES_*). */
+/* Byte offset of byte c of row r in q of a matrix of `rows` rows of `cols`
+ * bytes stored with `tiles` (KC_TILES_*): QI8 element (r, c); for QI4 pass
+ * the row's bytes (cols / 2) and the element's byte (c / 2), or use kc_q_at. */
 static inline KC_HD int64_t kc_qi8_at(int tiles, int64_t rows, int64_t cols, int64_t r, int64_t c)
 {
     int64_t k, f;
@@ -112,11 +115,18 @@ static inline KC_HD int64_t kc_qi8_at(int tiles, int64_t rows, int64_t cols, int
     }
     return ((k * (cols / 64) + c / 64) * 16 + f) * 64 + c % 64;
 }
-/* 1 when m (PG_QI8, shape and group set) can be stored with `tiles`. */
-static inline int kc_qi8_tileable(const kc_matrix *m, int tiles)
+/* Byte offset in q of the byte that holds element (r, c) of m (QI8 or QI4). */
+static inline KC_HD int64_t kc_q_at(const kc_matrix *m, int64_t r, int64_t c)
 {
-    return m->dtype == PG_QI8 && m->group == m->cols && m->cols % 64 == 0 && m->rows % 16 == 0 &&
-           (tiles == KC_TILES_ROWS || tiles == KC_TILES_PAIRS);
+    return m->dtype == PG_QI4 ? kc_qi8_at(m->tiles, m->rows, m->cols / 2, r, c / 2)
+                              : kc_qi8_at(m->tiles, m->rows, m->cols, r, c);
+}
+/* 1 when m (PG_QI8 / PG_QI4, shape and group set) can be stored with `tiles`. */
+static inline int kc_q_tileable(const kc_matrix *m, int tiles)
+{
+    const int shape = m->dtype == PG_QI8 ? m->group == m->cols && m->cols % 64 == 0
+                                         : m->dtype == PG_QI4 && m->cols % 128 == 0;
+    return shape && m->rows % 16 == 0 && (tiles == KC_TILES_ROWS || tiles == KC_TILES_PAIRS);
 }
 
 /* Bytes the matrix occupies on the device (q + s). */
@@ -137,8 +147,8 @@ size_t kc_qm_bytes(pg_dtype dtype, int64_t rows, int64_t cols, int group);
  * quant_matrix (model/quant.h): bit-identical q and f16 parameters.
  * k_quant_from_gguf: GGUF Q8_0 -> QI8 group 32, Q4_0 / Q4_1 -> QI4 group 32,
  * exactly (quant_from_gguf), no float round trip.
- * k_quantize writes QI8 in dst->tiles order (kc_qi8_at); the QI8 g32 of
- * k_quant_from_gguf is never tiled.
+ * k_quantize and k_quant_from_gguf write q in dst->tiles order (kc_q_at);
+ * the QI8 g32 of k_quant_from_gguf is never tileable.
  * k_dequant_bf16: rows [r0, r0 + nrows) of a QI8/QI4 matrix -> bf16
  * dst[nrows][cols] (prefill feeds these tiles to the tensor cores).
  * k_blocks_to_bf16: n elements of GGUF blocks -> bf16 (--quant bf16 of a GGUF file).
@@ -149,10 +159,10 @@ void k_quantize(const void *src, pg_dtype src_t, int64_t rows, int64_t cols, kc_
 void k_quant_from_gguf(const void *src, pg_dtype src_t, int64_t rows, int64_t cols, kc_matrix *dst,
                        int64_t row0, cudaStream_t s);
 void k_dequant_bf16(const kc_matrix *w, int64_t r0, int64_t nrows, kc_bf16 *dst, cudaStream_t s);
-/* Rows [0, rows) of a row-major int8 q array (src, on the device: the q bytes
- * of a QI8 checkpoint) -> rows [row0, row0 + rows) of dst's q in dst's tile
- * order (any dst->tiles; the scales are copied by the caller). */
-void k_qi8_place(const int8_t *src, int64_t rows, kc_matrix *dst, int64_t row0, cudaStream_t s);
+/* Rows [0, rows) of a row-major q array (src, on the device: the q bytes of
+ * a QI8 / QI4 checkpoint) -> rows [row0, row0 + rows) of dst's q in dst's
+ * tile order (any dst->tiles; the scales are copied by the caller). */
+void k_q_place(const uint8_t *src, int64_t rows, kc_matrix *dst, int64_t row0, cudaStream_t s);
 void k_blocks_to_bf16(const void *src, pg_dtype src_t, int64_t n, kc_bf16 *dst, cudaStream_t s);
 void kc_pack_qparams(pg_dtype t, const uint16_t *scale, const uint16_t *min, size_t n, void *out);
 

@@ -60,8 +60,8 @@ struct MatSet {   // `copies` copies of one matrix, to defeat L2
 };
 // group: QI8 / QI4 only (QI8: 0 = per output channel). Quantized copies
 // are quantized on the device from normal(0, 0.02) bf16 weights. tiles: QI8
-// per channel in the decode kernel's tile order (KC_TILES_*) where the shape
-// allows it (kc_qi8_tileable), row-major otherwise.
+// per channel or QI4 in the decode kernel's tile order (KC_TILES_*) where the shape
+// allows it (kc_q_tileable), row-major otherwise.
 static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t s, uint64_t seed, int group = 0,
                         int tiles = KC_TILES_NONE)
 {
@@ -74,7 +74,7 @@ static MatSet make_mats(pg_dtype t, int rows, int cols, size_t l2, cudaStream_t 
     for (int c = 0; c < copies; c++) {
         kc_matrix m = { t, rows, cols, dalloc(kc_qm_q_bytes(t, rows, cols, group)), NULL, qi ? group : 0,
                         KC_TILES_NONE };
-        if (tiles && kc_qi8_tileable(&m, tiles)) m.tiles = tiles;
+        if (tiles && kc_q_tileable(&m, tiles)) m.tiles = tiles;
         size_t sb = kc_matrix_s_bytes(t, rows, cols);
         if (t == PG_BF16) k_fill_normal_bf16((kc_bf16 *)m.q, (int64_t)rows * cols, seed + c, 0.f, 0.02f, s);
         else if (qi) {
@@ -207,21 +207,22 @@ extern "C" int kc_microbench(FILE *f, int dim, int hidden, int nh, int nkv, int 
     k_fill_normal_f32(x, (int64_t)512 * maxc, 5, 0.f, 1.f, s);
     k_fill_normal_bf16(xb, (int64_t)512 * maxc, 6, 0.f, 1.f, s);
 
-    // bf16, QI8 per channel (row-major and tiled), QI4 g32 and g128 (bytes
-    // counted: q + scales + mins)
+    // bf16, QI8 per channel (row-major and tiled), QI4 g32 (row-major and
+    // tiled) and g128 (bytes counted: q + scales + mins)
     struct WType { pg_dtype t; int group; int tiled; } types[] = {
-        { PG_BF16, 0, 0 }, { PG_QI8, 0, 0 }, { PG_QI8, 0, 1 }, { PG_QI4, 32, 0 }, { PG_QI4, 128, 0 } };
+        { PG_BF16, 0, 0 }, { PG_QI8, 0, 0 }, { PG_QI8, 0, 1 }, { PG_QI4, 32, 0 }, { PG_QI4, 32, 1 },
+        { PG_QI4, 128, 0 } };
     kc_bf16 *qscr = (kc_bf16 *)dalloc((size_t)(32u << 20) * 2);   // prefill tiles, as the engine's CU_QSCRATCH
     for (WType wt : types) {
         pg_dtype t = wt.t;
         char tname[32];
         if (t == PG_BF16) snprintf(tname, sizeof tname, "bf16");
         else if (t == PG_QI8) snprintf(tname, sizeof tname, wt.tiled ? "int8-tiled" : "int8");
-        else snprintf(tname, sizeof tname, "int4-g%d", wt.group);
+        else snprintf(tname, sizeof tname, wt.tiled ? "int4-g%d-tiled" : "int4-g%d", wt.group);
         double tot_bytes = 0, tot_us = 0;
         for (auto &sh : shapes) {
-            // (int8-tiled also tiles the LM head shape, which the engine keeps
-            // row-major: its line tells whether tiling it would pay)
+            // (the tiled lines also tile the LM head shape, which the engine
+            // keeps row-major: its line tells whether tiling it would pay)
             MatSet ms = make_mats(t, sh.rows, sh.cols, l2, s, 10, wt.group,
                                   wt.tiled ? (sh.sw ? KC_TILES_PAIRS : KC_TILES_ROWS) : KC_TILES_NONE);
             int nc = (int)ms.m.size();
