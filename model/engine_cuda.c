@@ -310,7 +310,13 @@ static void up_matrix(uploader *u, const tensor *t, kc_matrix *m, int64_t row0, 
         }
         void *params = pg_xmalloc(ng * pb);
         kc_pack_qparams(t->dtype, t->qscale, t->qmin, ng, params);
-        up_copy(u, (uint8_t *)m->s + (size_t)row0 * (size_t)(t->cols / t->group) * pb, params, ng * pb);
+        if (m->tiles && m->dtype == PG_QI4) {   /* tiled group words (kc_qi4_s_at); the stream orders this
+                                                   copy into the staging buffer after k_q_place's reads */
+            up_copy(u, u->dstage, params, ng * pb);
+            k_qi4_s_place((const uint32_t *)u->dstage, t->rows, m, row0, u->st);
+        } else {
+            up_copy(u, (uint8_t *)m->s + (size_t)row0 * (size_t)(t->cols / t->group) * pb, params, ng * pb);
+        }
         free(params);   /* up_copy has copied it into a pinned buffer already */
         return;
     }

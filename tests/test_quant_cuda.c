@@ -244,7 +244,8 @@ static void check_gemv_q(pg_dtype to, int group, int rows, int cols, int n, int 
 /* The tiled QI8 / QI4 layout (kernels_cuda.h) against the row-major one for
  * one random matrix (to, group; QI8: group = cols): k_quantize (in two row
  * ranges, as the engine loads gate and up, or q/k/v, into one matrix) puts
- * every byte where kc_q_at says, and k_q_place (a checkpoint's rows) and,
+ * every byte where kc_q_at (and every int4 group word where kc_qi4_s_at) says,
+ * and k_q_place / k_qi4_s_place (a checkpoint's rows) and,
  * for int4 g32, k_quant_from_gguf of Q4_1 blocks (the default model's
  * weights) agree bit for bit; the decode products (n = 1, 2, 8; plain and
  * SwiGLU) and the prefill's dequantized rows equal the row-major ones bit for
@@ -270,7 +271,8 @@ static void check_q_tiles(pg_dtype to, int group, int rows, int cols, int tiles,
     k_quantize(dsrc, PG_F32, h, cols, &mt, 0, 0);
     k_quantize((const float *)dsrc + (size_t)h * cols, PG_F32, rows - h, cols, &mt, h, 0);
     k_q_place((const uint8_t *)mr.q, rows, &mp, 0, 0);
-    KC_CHECK(cudaMemcpy(mp.s, mr.s, sb, cudaMemcpyDeviceToDevice));
+    if (to == PG_QI4) k_qi4_s_place((const uint32_t *)mr.s, rows, &mp, 0, 0);
+    else KC_CHECK(cudaMemcpy(mp.s, mr.s, sb, cudaMemcpyDeviceToDevice));
     uint8_t *hr = pg_xmalloc(qb), *ht = pg_xmalloc(qb), *hp = pg_xmalloc(qb);
     KC_CHECK(cudaDeviceSynchronize());
     to_host(hr, mr.q, qb); to_host(ht, mt.q, qb); to_host(hp, mp.q, qb);
@@ -282,9 +284,22 @@ static void check_q_tiles(pg_dtype to, int group, int rows, int cols, int tiles,
               bad);
     cr_expect(memcmp(ht, hp, qb) == 0, "%s tiles %d %dx%d: k_q_place differs from k_quantize", fn, tiles, rows,
               cols);
-    uint8_t *sr = pg_xmalloc(sb), *st = pg_xmalloc(sb);
-    to_host(sr, mr.s, sb); to_host(st, mt.s, sb);
-    cr_expect(memcmp(sr, st, sb) == 0, "%s tiles %d %dx%d: the scales differ", fn, tiles, rows, cols);
+    uint8_t *sr = pg_xmalloc(sb), *st = pg_xmalloc(sb), *sp = pg_xmalloc(sb);
+    to_host(sr, mr.s, sb); to_host(st, mt.s, sb); to_host(sp, mp.s, sb);
+    cr_expect(memcmp(st, sp, sb) == 0, "%s tiles %d %dx%d: placed scales differ from k_quantize's", fn, tiles, rows,
+              cols);
+    if (to == PG_QI4) {   /* group words where kc_qi4_s_at puts them */
+        const int64_t ng = cols / group;
+        size_t sbad = 0;
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < ng; j++)
+                sbad += ((const uint32_t *)sr)[i * ng + j] !=
+                        ((const uint32_t *)st)[kc_qi4_s_at(tiles, rows, cols, group, i, j)];
+        cr_expect(sbad == 0, "int4 tiles %d %dx%d: %zu group words not where kc_qi4_s_at puts them", tiles, rows,
+                  cols, sbad);
+    } else {
+        cr_expect(memcmp(sr, st, sb) == 0, "%s tiles %d %dx%d: the scales differ", fn, tiles, rows, cols);
+    }
     if (to == PG_QI4 && group == 32) {   /* GGUF Q4_1 -> QI4 g32, row-major and tiled, in two row ranges */
         tensor blk = rand_tensor(&r, PG_Q4_1, rows, cols);
         void *dblk = dev_from(blk.data, blk.nbytes);
@@ -296,12 +311,17 @@ static void check_q_tiles(pg_dtype to, int group, int rows, int cols, int tiles,
         k_quant_from_gguf((const uint8_t *)dblk + half, PG_Q4_1, rows - h, cols, &gt, h, 0);
         uint8_t *g1 = pg_xmalloc(qb), *g2 = pg_xmalloc(qb), *s1 = pg_xmalloc(sb), *s2 = pg_xmalloc(sb);
         to_host(g1, gr.q, qb); to_host(g2, gt.q, qb); to_host(s1, gr.s, sb); to_host(s2, gt.s, sb);
-        size_t gbad = 0;
-        for (int64_t i = 0; i < rows; i++)
+        size_t gbad = 0, gsbad = 0;
+        for (int64_t i = 0; i < rows; i++) {
             for (int64_t c = 0; c < cols; c += 2) gbad += g1[i * rowb + c / 2] != g2[kc_q_at(&gt, i, c)];
+            for (int64_t j = 0; j < cols / 32; j++)
+                gsbad += ((const uint32_t *)s1)[i * (cols / 32) + j] !=
+                         ((const uint32_t *)s2)[kc_qi4_s_at(tiles, rows, cols, 32, i, j)];
+        }
         cr_expect(gbad == 0, "Q4_1 -> int4 tiles %d %dx%d: %zu bytes not where kc_q_at puts them", tiles, rows,
                   cols, gbad);
-        cr_expect(memcmp(s1, s2, sb) == 0, "Q4_1 -> int4 tiles %d %dx%d: the parameters differ", tiles, rows, cols);
+        cr_expect(gsbad == 0, "Q4_1 -> int4 tiles %d %dx%d: %zu parameter words not where kc_qi4_s_at puts them",
+                  tiles, rows, cols, gsbad);
         cudaFree(gr.q); cudaFree(gr.s); cudaFree(gt.q); cudaFree(gt.s); cudaFree(dblk);
         free(g1); free(g2); free(s1); free(s2); free((void *)blk.data);
     }
@@ -341,7 +361,7 @@ static void check_q_tiles(pg_dtype to, int group, int rows, int cols, int tiles,
     }
     cudaFree(mr.q); cudaFree(mr.s); cudaFree(mt.q); cudaFree(mt.s); cudaFree(mp.q); cudaFree(mp.s);
     cudaFree(dsrc);
-    free(hr); free(ht); free(hp); free(sr); free(st); free((void *)src.data);
+    free(hr); free(ht); free(hp); free(sr); free(st); free(sp); free((void *)src.data);
 }
 
 Test(quant_cuda, qi8_tiles)
@@ -381,8 +401,9 @@ static kc_matrix dev_q_tiled(const kc_matrix *m, int tiles)
     const size_t qb = kc_qm_q_bytes(m->dtype, m->rows, m->cols, m->group);
     const size_t sb = kc_qm_s_bytes(m->dtype, m->rows, m->cols, m->group);
     t.q = dev_poison(qb);
-    t.s = dev_from(NULL, sb);
-    KC_CHECK(cudaMemcpy(t.s, m->s, sb, cudaMemcpyDeviceToDevice));
+    t.s = dev_poison(sb);
+    if (m->dtype == PG_QI4) k_qi4_s_place((const uint32_t *)m->s, m->rows, &t, 0, 0);
+    else KC_CHECK(cudaMemcpy(t.s, m->s, sb, cudaMemcpyDeviceToDevice));
     k_q_place((const uint8_t *)m->q, m->rows, &t, 0, 0);
     return t;
 }

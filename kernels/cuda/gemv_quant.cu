@@ -417,6 +417,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const int steps = tiles * cpw;
     const int su = QG_WARPS * 4 * QG_UPL >> (PERCH ? 0 : ush);   // scale entries a step moves on (group <= 64 units)
     const int tmask = PERCH ? 0 : (1 << min(ush, 2)) - 1;   // lanes t sharing a group: t & ~tmask equal
+    const int wpc = FMT ? 4 >> min(ush, 2) : 0;        // QI4 group words per row and chunk (group <= 128)
 
     // issue cursor: tile ii, chunk step ik; the lane's source pointers for step (ii, ik)
     int ii = 0, ik = 0;
@@ -433,18 +434,25 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
             dp0 = q + (size_t)r0 * rowb + (size_t)u0 * 16;
             dp1 = q + (size_t)r1 * rowb + (size_t)u0 * 16;
         }
-        if (!PERCH) {
+        if (!PERCH && TILED) {   // QI4 words tiled as q (kc_qi4_s_at): [tile][chunk][16][wpc]
+            const size_t ti = (size_t)(o0 / TR + i);
+            sp0 = (const uint8_t *)sp + (((ti * nch + (size_t)warp * QG_UPL) * 16 + g) * wpc + (t >> ush)) * SB;
+            sp1 = sp0 + 8 * wpc * SB;
+        } else if (!PERCH) {
             sp0 = (const uint8_t *)sp + ((size_t)r0 * ngr + (u0 >> ush)) * SB;
             sp1 = (const uint8_t *)sp + ((size_t)r1 * ngr + (u0 >> ush)) * SB;
         }
     };
-    const int sstep = su * SB;                        // scale bytes a step moves on
+    // scale bytes a step moves on: along the row, or (tiled) QG_WARPS * QG_UPL
+    // chunks of 16 rows x wpc words
+    const int sstep = TILED ? QG_WARPS * QG_UPL * 16 * wpc * SB : su * SB;
     // scale bytes from the lane's first chunk of a step to its chunk p (the
     // same in every step: a step moves on by a whole number of groups)
     int sop[QG_UPL];
 #pragma unroll
     for (int p = 0; p < QG_UPL; p++)
-        sop[p] = PERCH ? 0 : ((((warp * 4 * QG_UPL + t) + 4 * p) >> ush) - ((warp * 4 * QG_UPL + t) >> ush)) * SB;
+        sop[p] = PERCH ? 0 : TILED ? p * 16 * wpc * SB
+                                   : ((((warp * 4 * QG_UPL + t) + 4 * p) >> ush) - ((warp * 4 * QG_UPL + t) >> ush)) * SB;
     const bool copier = (t & tmask) == 0;             // this lane copies its group's scale word
     const uint32_t d0 = ring_s + lane * 16, ds0 = ring_s + 1024 + lane * 4;
     uint32_t io = 0;   // ring offset of the next issue

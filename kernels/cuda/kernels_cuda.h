@@ -82,7 +82,9 @@ typedef uint16_t kc_bf16;
  *   KC_TILES_ROWS:  tile k = rows 16k .. 16k + 15.
  *   KC_TILES_PAIRS: (SwiGLU, rows = 2h) tile k = rows 8k .. 8k + 7 of the
  *                   first half, then rows h + 8k .. h + 8k + 7 of the second.
- * s (QI8: one scale per row; QI4: the group words) stays in row order.
+ * s: QI8's one scale per row stays in row order; QI4's group words are
+ * tiled alike, [tile][cols / 128][16][128 / group] words, so that the words a
+ * warp copies with a chunk are contiguous too (kc_qi4_s_at).
  * kc_qi8_at gives a byte's place, kc_q_at an element's byte.
  */
 enum { KC_TILES_NONE = 0, KC_TILES_ROWS = 1, KC_TILES_PAIRS = 2 };
@@ -103,17 +105,32 @@ typedef struct {
 /* Byte offset of byte c of row r in q of a matrix of `rows` rows of `cols`
  * bytes stored with `tiles` (KC_TILES_*): QI8 element (r, c); for QI4 pass
  * the row's bytes (cols / 2) and the element's byte (c / 2), or use kc_q_at. */
+/* Row r's tile *k and fragment row *f (0..15) in `tiles` order. */
+static inline KC_HD void kc_tile_of(int tiles, int64_t rows, int64_t r, int64_t *k, int64_t *f)
+{
+    if (tiles == KC_TILES_ROWS) {
+        *k = r / 16; *f = r % 16;
+    } else {
+        const int64_t h = rows / 2, up = r >= h, rr = up ? r - h : r;
+        *k = rr / 8; *f = rr % 8 + 8 * up;
+    }
+}
 static inline KC_HD int64_t kc_qi8_at(int tiles, int64_t rows, int64_t cols, int64_t r, int64_t c)
 {
     int64_t k, f;
     if (tiles == KC_TILES_NONE) return r * cols + c;
-    if (tiles == KC_TILES_ROWS) {
-        k = r / 16; f = r % 16;
-    } else {
-        const int64_t h = rows / 2, up = r >= h, rr = up ? r - h : r;
-        k = rr / 8; f = rr % 8 + 8 * up;
-    }
+    kc_tile_of(tiles, rows, r, &k, &f);
     return ((k * (cols / 64) + c / 64) * 16 + f) * 64 + c % 64;
+}
+/* Word index in s of group j of row r of a QI4 matrix rows x cols with
+ * `group` stored with `tiles`. */
+static inline KC_HD int64_t kc_qi4_s_at(int tiles, int64_t rows, int64_t cols, int group, int64_t r, int64_t j)
+{
+    int64_t k, f;
+    if (tiles == KC_TILES_NONE) return r * (cols / group) + j;
+    const int64_t wpc = 128 / group;   /* words per row and 128-column chunk */
+    kc_tile_of(tiles, rows, r, &k, &f);
+    return ((k * (cols / 128) + j / wpc) * 16 + f) * wpc + j % wpc;
 }
 /* Byte offset in q of the byte that holds element (r, c) of m (QI8 or QI4). */
 static inline KC_HD int64_t kc_q_at(const kc_matrix *m, int64_t r, int64_t c)
@@ -147,7 +164,8 @@ size_t kc_qm_bytes(pg_dtype dtype, int64_t rows, int64_t cols, int group);
  * quant_matrix (model/quant.h): bit-identical q and f16 parameters.
  * k_quant_from_gguf: GGUF Q8_0 -> QI8 group 32, Q4_0 / Q4_1 -> QI4 group 32,
  * exactly (quant_from_gguf), no float round trip.
- * k_quantize and k_quant_from_gguf write q in dst->tiles order (kc_q_at);
+ * k_quantize and k_quant_from_gguf write q (and QI4's words) in dst->tiles
+ * order (kc_q_at, kc_qi4_s_at);
  * the QI8 g32 of k_quant_from_gguf is never tileable.
  * k_dequant_bf16: rows [r0, r0 + nrows) of a QI8/QI4 matrix -> bf16
  * dst[nrows][cols] (prefill feeds these tiles to the tensor cores).
@@ -161,8 +179,12 @@ void k_quant_from_gguf(const void *src, pg_dtype src_t, int64_t rows, int64_t co
 void k_dequant_bf16(const kc_matrix *w, int64_t r0, int64_t nrows, kc_bf16 *dst, cudaStream_t s);
 /* Rows [0, rows) of a row-major q array (src, on the device: the q bytes of
  * a QI8 / QI4 checkpoint) -> rows [row0, row0 + rows) of dst's q in dst's
- * tile order (any dst->tiles; the scales are copied by the caller). */
+ * tile order (any dst->tiles; the scales are the caller's: QI8's as they are,
+ * QI4's through k_qi4_s_place). */
 void k_q_place(const uint8_t *src, int64_t rows, kc_matrix *dst, int64_t row0, cudaStream_t s);
+/* The same for the group words of a tiled QI4 dst: src = rows x (cols /
+ * group) words in row order (kc_pack_qparams) -> dst->s in kc_qi4_s_at order. */
+void k_qi4_s_place(const uint32_t *src, int64_t rows, kc_matrix *dst, int64_t row0, cudaStream_t s);
 void k_blocks_to_bf16(const void *src, pg_dtype src_t, int64_t n, kc_bf16 *dst, cudaStream_t s);
 void kc_pack_qparams(pg_dtype t, const uint16_t *scale, const uint16_t *min, size_t n, void *out);
 

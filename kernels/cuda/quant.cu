@@ -107,8 +107,8 @@ __global__ void __launch_bounds__(QZ4_WARPS * 32)
 quant_i4_kernel(const uint8_t *__restrict__ src, int t, int64_t rows, int64_t cols, int group,
                 uint8_t *__restrict__ q, uint32_t *__restrict__ sm, int tiles, int64_t qrows, int64_t row0)
 {
-    // q points at row 0 of the whole matrix (qrows rows, `tiles` order), sm at
-    // row row0's words; source row r is row row0 + r
+    // q and sm point at row 0 of the whole matrix (qrows rows, `tiles`
+    // order); source row r is row row0 + r
     const int lane = threadIdx.x & 31;
     const int64_t gid = (int64_t)blockIdx.x * QZ4_WARPS + (threadIdx.x >> 5);
     const int64_t ng = cols / group;
@@ -128,7 +128,7 @@ quant_i4_kernel(const uint8_t *__restrict__ src, int t, int64_t rows, int64_t co
     }
     const uint16_t s16 = f_f16(__fdiv_rn(__fsub_rn(hi, lo), 15.f)), m16 = f_f16(lo);
     const float sf = kc_f16_f(s16), mf = kc_f16_f(m16);
-    if (lane == 0) sm[gid] = (uint32_t)s16 | ((uint32_t)m16 << 16);
+    if (lane == 0) sm[kc_qi4_s_at(tiles, qrows, cols, group, row0 + r, gid % ng)] = (uint32_t)s16 | ((uint32_t)m16 << 16);
     for (int k = 0; k < per; k++) {
         float x = sf > 0.f ? rintf(__fdiv_rn(__fsub_rn(w[k], mf), sf)) : 0.f;
         int v = (int)fminf(fmaxf(x, 0.f), 15.f);
@@ -156,18 +156,18 @@ extern "C" void k_quantize(const void *src, pg_dtype st, int64_t rows, int64_t c
     } else {
         PG_ASSERT(dst->group == 32 || dst->group == 64 || dst->group == 128);
         PG_ASSERT(dst->tiles == KC_TILES_NONE || kc_q_tileable(dst, dst->tiles));
-        uint32_t *sm = (uint32_t *)dst->s + row0 * ng;
         quant_i4_kernel<<<(unsigned)KC_CDIV(rows * ng, QZ4_WARPS), QZ4_WARPS * 32, 0, s>>>(
-            (const uint8_t *)src, st, rows, cols, dst->group, (uint8_t *)dst->q, sm, dst->tiles, dst->rows, row0);
+            (const uint8_t *)src, st, rows, cols, dst->group, (uint8_t *)dst->q, (uint32_t *)dst->s, dst->tiles,
+            dst->rows, row0);
     }
     KC_LAUNCH_CHECK();
 }
 
 // ---------------------------------------------------------------- GGUF blocks
 // One thread per 32-element block (blocks are 34/18/20 bytes: not aligned).
-// q points at row 0 of the whole matrix (qrows rows of cols elements, `tiles`
-// order: QI4 only), sp at row row0's parameters; source block b is in row
-// row0 + b / (cols / 32). A QI4 block's 16 bytes lie in one 64-byte chunk.
+// q and sp point at row 0 of the whole matrix (qrows rows of cols elements,
+// `tiles` order: QI4 only); source block b is in row row0 + b / (cols / 32).
+// A QI4 block's 16 bytes lie in one 64-byte chunk.
 __global__ void from_gguf_kernel(const uint8_t *__restrict__ src, int t, int64_t nblk, int64_t cols,
                                  uint8_t *__restrict__ q, void *__restrict__ sp, int tiles, int64_t qrows,
                                  int64_t row0)
@@ -176,7 +176,7 @@ __global__ void from_gguf_kernel(const uint8_t *__restrict__ src, int t, int64_t
     if (b >= nblk) return;
     if (t == PG_Q8_0) {
         const uint8_t *p = src + b * 34;
-        ((uint16_t *)sp)[b] = ld_u16(p);
+        ((uint16_t *)sp)[row0 * (cols / 32) + b] = ld_u16(p);
         uint32_t *o = (uint32_t *)(q + row0 * cols + b * 32);
         for (int j = 0; j < 8; j++)
             o[j] = (uint32_t)p[2 + 4 * j] | ((uint32_t)p[3 + 4 * j] << 8) | ((uint32_t)p[4 + 4 * j] << 16) |
@@ -188,10 +188,10 @@ __global__ void from_gguf_kernel(const uint8_t *__restrict__ src, int t, int64_t
     const uint8_t *qs = p + (t == PG_Q4_1 ? 4 : 2);
     if (t == PG_Q4_1) m = ld_u16(p + 2);
     else m = f_f16(-8.f * kc_f16_f(d));   // exact: a power-of-two multiple
-    ((uint32_t *)sp)[b] = (uint32_t)d | ((uint32_t)m << 16);
+    const int64_t bpr = cols / 32;   // blocks (groups) per row
+    ((uint32_t *)sp)[kc_qi4_s_at(tiles, qrows, cols, 32, row0 + b / bpr, b % bpr)] = (uint32_t)d | ((uint32_t)m << 16);
     // GGUF: element j is qs[j] & 15, element j + 16 is qs[j] >> 4; ours: element
     // c in byte c/2, low nibble for even c.
-    const int64_t bpr = cols / 32;   // blocks per row
     uint32_t *o = (uint32_t *)(q + kc_qi8_at(tiles, qrows, cols / 2, row0 + b / bpr, (b % bpr) * 16));
     for (int w = 0; w < 4; w++) {
         uint32_t v = 0;
@@ -214,9 +214,8 @@ extern "C" void k_quant_from_gguf(const void *src, pg_dtype st, int64_t rows, in
     PG_ASSERT(cols == dst->cols && cols % 32 == 0 && row0 + rows <= dst->rows);
     int64_t nblk = rows * cols / 32;
     if (nblk == 0) return;
-    uint8_t *sp = (uint8_t *)dst->s + kc_qm_s_bytes(dst->dtype, row0, cols, 32);
     from_gguf_kernel<<<(unsigned)KC_CDIV(nblk, 256), 256, 0, s>>>((const uint8_t *)src, st, nblk, cols,
-                                                                   (uint8_t *)dst->q, sp, dst->tiles, dst->rows,
+                                                                   (uint8_t *)dst->q, dst->s, dst->tiles, dst->rows,
                                                                    row0);
     KC_LAUNCH_CHECK();
 }
@@ -298,7 +297,7 @@ __global__ void dequant_qi4_tiled_kernel(kc_matrix w, int64_t r0, int64_t nrows,
     const int64_t c = ((int64_t)blockIdx.x * 4 + threadIdx.x / 64) * 128 + 32 * (u % 4);
     if (rl >= nrows || c >= w.cols) return;
     const int64_t r = r0 + rl;
-    const uint32_t smv = ((const uint32_t *)w.s)[r * (w.cols / w.group) + c / w.group];
+    const uint32_t smv = ((const uint32_t *)w.s)[kc_qi4_s_at(w.tiles, w.rows, w.cols, w.group, r, c / w.group)];
     const float s = kc_f16_f(smv & 0xffff), m = kc_f16_f(smv >> 16);
     const uint4 v = *(const uint4 *)((const uint8_t *)w.q + kc_qi8_at(w.tiles, w.rows, w.cols / 2, r, c / 2));
     const uint32_t in[4] = { v.x, v.y, v.z, v.w };
@@ -360,6 +359,28 @@ extern "C" void k_q_place(const uint8_t *src, int64_t rows, kc_matrix *dst, int6
         const int64_t m = rows - r < 65535 ? rows - r : 65535;
         q_place_kernel<<<dim3((unsigned)KC_CDIV(rowb / 16, 128), (unsigned)m), 128, 0, s>>>(
             src + r * rowb, rowb, (uint8_t *)dst->q, dst->tiles, dst->rows, row0 + r);
+        KC_LAUNCH_CHECK();
+    }
+}
+
+// one group word per thread; blockIdx.y = row
+__global__ void qi4_s_place_kernel(const uint32_t *__restrict__ src, int64_t cols, int group, uint32_t *__restrict__ sm,
+                                   int tiles, int64_t qrows, int64_t row0)
+{
+    const int64_t ng = cols / group, j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, r = blockIdx.y;
+    if (j >= ng) return;
+    sm[kc_qi4_s_at(tiles, qrows, cols, group, row0 + r, j)] = src[r * ng + j];
+}
+
+extern "C" void k_qi4_s_place(const uint32_t *src, int64_t rows, kc_matrix *dst, int64_t row0, cudaStream_t s)
+{
+    PG_ASSERT(dst->dtype == PG_QI4 && row0 + rows <= dst->rows);
+    PG_ASSERT(dst->tiles == KC_TILES_NONE || kc_q_tileable(dst, dst->tiles));
+    const int64_t ng = dst->cols / dst->group;
+    for (int64_t r = 0; r < rows; r += 65535) {   // gridDim.y < 65536
+        const int64_t m = rows - r < 65535 ? rows - r : 65535;
+        qi4_s_place_kernel<<<dim3((unsigned)KC_CDIV(ng, 128), (unsigned)m), 128, 0, s>>>(
+            src + r * ng, dst->cols, dst->group, (uint32_t *)dst->s, dst->tiles, dst->rows, row0 + r);
         KC_LAUNCH_CHECK();
     }
 }
