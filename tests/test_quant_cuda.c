@@ -364,32 +364,37 @@ static void check_q_tiles(pg_dtype to, int group, int rows, int cols, int tiles,
     free(hr); free(ht); free(hp); free(sr); free(st); free(sp); free((void *)src.data);
 }
 
-Test(quant_cuda, qi8_tiles)
+/* (format, group, rows, cols, tiles) cases of check_q_tiles, seeds from 700 */
+static const struct { pg_dtype to; int group, rows, cols, tiles; } q_tile_cases[] = {
+    /* int8 (group = cols): more tiles than blocks on some, one tile per block
+     * on others; 4096 and 11008 columns as in the 7B products */
+    { PG_QI8, 128, 192, 128, KC_TILES_ROWS },
+    { PG_QI8, 4096, 4096, 4096, KC_TILES_ROWS },
+    { PG_QI8, 11008, 64, 11008, KC_TILES_ROWS },
+    { PG_QI8, 128, 640, 128, KC_TILES_PAIRS },
+    { PG_QI8, 4096, 2 * 1376, 4096, KC_TILES_PAIRS },
+    { PG_QI8, 640, 48, 640, KC_TILES_PAIRS },
+    /* int4: groups 32 / 64 / 128 (1, 2, 4 lanes per group word); the 7B
+     * shapes; 1536 columns as the default model's w2 */
+    { PG_QI4, 32, 192, 128, KC_TILES_ROWS },
+    { PG_QI4, 32, 4096, 4096, KC_TILES_ROWS },
+    { PG_QI4, 128, 64, 11008, KC_TILES_ROWS },
+    { PG_QI4, 64, 576, 1536, KC_TILES_ROWS },
+    { PG_QI4, 64, 640, 128, KC_TILES_PAIRS },
+    { PG_QI4, 32, 2 * 1376, 4096, KC_TILES_PAIRS },
+    { PG_QI4, 128, 48, 640, KC_TILES_PAIRS },
+};
+
+static void check_q_tile_cases(pg_dtype to)
 {
-    NEED_GPU();
-    /* more tiles than blocks on some, one tile per block on others; 4096 and
-     * 11008 columns as in the 7B products */
-    check_q_tiles(PG_QI8, 128, 192, 128, KC_TILES_ROWS, 700);
-    check_q_tiles(PG_QI8, 4096, 4096, 4096, KC_TILES_ROWS, 701);
-    check_q_tiles(PG_QI8, 11008, 64, 11008, KC_TILES_ROWS, 702);
-    check_q_tiles(PG_QI8, 128, 640, 128, KC_TILES_PAIRS, 703);
-    check_q_tiles(PG_QI8, 4096, 2 * 1376, 4096, KC_TILES_PAIRS, 704);
-    check_q_tiles(PG_QI8, 640, 48, 640, KC_TILES_PAIRS, 705);
+    for (size_t i = 0; i < sizeof q_tile_cases / sizeof q_tile_cases[0]; i++)
+        if (q_tile_cases[i].to == to)
+            check_q_tiles(to, q_tile_cases[i].group, q_tile_cases[i].rows, q_tile_cases[i].cols,
+                          q_tile_cases[i].tiles, 700 + i);
 }
 
-Test(quant_cuda, qi4_tiles)
-{
-    NEED_GPU();
-    /* groups 32 / 64 / 128 (1, 2, 4 lanes per group word); the 7B shapes;
-     * 1536 columns as the default model's w2 */
-    check_q_tiles(PG_QI4, 32, 192, 128, KC_TILES_ROWS, 710);
-    check_q_tiles(PG_QI4, 32, 4096, 4096, KC_TILES_ROWS, 711);
-    check_q_tiles(PG_QI4, 128, 64, 11008, KC_TILES_ROWS, 712);
-    check_q_tiles(PG_QI4, 64, 576, 1536, KC_TILES_ROWS, 713);
-    check_q_tiles(PG_QI4, 64, 640, 128, KC_TILES_PAIRS, 714);
-    check_q_tiles(PG_QI4, 32, 2 * 1376, 4096, KC_TILES_PAIRS, 715);
-    check_q_tiles(PG_QI4, 128, 48, 640, KC_TILES_PAIRS, 716);
-}
+Test(quant_cuda, qi8_tiles) { NEED_GPU(); check_q_tile_cases(PG_QI8); }
+Test(quant_cuda, qi4_tiles) { NEED_GPU(); check_q_tile_cases(PG_QI4); }
 
 /* A copy of the row-major QI8 (per-row scales) or QI4 matrix m stored with
  * `tiles` (kc_q_at), as the engine loads the decode products. */

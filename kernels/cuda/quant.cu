@@ -257,6 +257,20 @@ __global__ void dequant_bf16_kernel(kc_matrix w, int64_t r0, uint4 *__restrict__
     dst[i] = make_uint4(o[0], o[1], o[2], o[3]);
 }
 
+// A thread's place in the tiled dequantization kernels below: blocks of 256
+// threads cover 16 rows; a chunk (64 stored bytes of 16 fragment rows) has
+// TPC threads, TPC / 16 per fragment row, each taking CPT columns. Sets rl
+// (row within the call) and c (first column); false past the rows or columns.
+template <int TPC, int CPT>
+__device__ __forceinline__ bool dq_tile_pos(int cols, int64_t nrows, int64_t &rl, int64_t &c)
+{
+    constexpr int TPR = TPC / 16;
+    const int u = threadIdx.x % TPC;
+    rl = (int64_t)blockIdx.y * 16 + u / TPR;
+    c = ((int64_t)blockIdx.x * (256 / TPC) + threadIdx.x / TPC) * (TPR * CPT) + CPT * (u % TPR);
+    return rl < nrows && c < cols;
+}
+
 // Tiled QI8: the thread order follows the stored order, so that reads are
 // contiguous. A block of 256 threads covers 16 rows x 256 columns: four
 // chunks of 64 columns, 64 threads each; thread u of a chunk takes 16 bytes,
@@ -267,10 +281,8 @@ __global__ void dequant_bf16_kernel(kc_matrix w, int64_t r0, uint4 *__restrict__
 // apart: a 512-token 7B int8 prefill took 6.5% longer (H200).
 __global__ void dequant_qi8_tiled_kernel(kc_matrix w, int64_t r0, int64_t nrows, uint4 *__restrict__ dst)
 {
-    const int u = threadIdx.x & 63;
-    const int64_t rl = (int64_t)blockIdx.y * 16 + u / 4;                          // row within the call
-    const int64_t c = ((int64_t)blockIdx.x * 4 + threadIdx.x / 64) * 64 + 16 * (u % 4);
-    if (rl >= nrows || c >= w.cols) return;
+    int64_t rl, c;
+    if (!dq_tile_pos<64, 16>(w.cols, nrows, rl, c)) return;
     const int64_t r = r0 + rl;
     const float sc = kc_f16_f(((const uint16_t *)w.s)[r]);   // tiled => one scale per row
     const uint4 v = *(const uint4 *)((const int8_t *)w.q + kc_qi8_at(w.tiles, w.rows, w.cols, r, c));
@@ -292,10 +304,8 @@ __global__ void dequant_qi8_tiled_kernel(kc_matrix w, int64_t r0, int64_t nrows,
 // 64 bytes at a time: a 512-token 7B int4 g32 prefill took 7.1% longer (H200).
 __global__ void dequant_qi4_tiled_kernel(kc_matrix w, int64_t r0, int64_t nrows, uint4 *__restrict__ dst)
 {
-    const int u = threadIdx.x & 63;
-    const int64_t rl = (int64_t)blockIdx.y * 16 + u / 4;                          // row within the call
-    const int64_t c = ((int64_t)blockIdx.x * 4 + threadIdx.x / 64) * 128 + 32 * (u % 4);
-    if (rl >= nrows || c >= w.cols) return;
+    int64_t rl, c;
+    if (!dq_tile_pos<64, 32>(w.cols, nrows, rl, c)) return;
     const int64_t r = r0 + rl;
     const uint32_t smv = ((const uint32_t *)w.s)[kc_qi4_s_at(w.tiles, w.rows, w.cols, w.group, r, c / w.group)];
     const float s = kc_f16_f(smv & 0xffff), m = kc_f16_f(smv >> 16);
