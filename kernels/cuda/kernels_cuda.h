@@ -102,9 +102,6 @@ typedef struct {
 #else
 #define KC_HD
 #endif
-/* Byte offset of byte c of row r in q of a matrix of `rows` rows of `cols`
- * bytes stored with `tiles` (KC_TILES_*): QI8 element (r, c); for QI4 pass
- * the row's bytes (cols / 2) and the element's byte (c / 2), or use kc_q_at. */
 /* Row r's tile *k and fragment row *f (0..15) in `tiles` order. */
 static inline KC_HD void kc_tile_of(int tiles, int64_t rows, int64_t r, int64_t *k, int64_t *f)
 {
@@ -115,6 +112,9 @@ static inline KC_HD void kc_tile_of(int tiles, int64_t rows, int64_t r, int64_t 
         *k = rr / 8; *f = rr % 8 + 8 * up;
     }
 }
+/* Byte offset of byte c of row r in q of a matrix of `rows` rows of `cols`
+ * bytes stored with `tiles` (KC_TILES_*): QI8 element (r, c); for QI4 pass
+ * the row's bytes (cols / 2) and the element's byte (c / 2), or use kc_q_at. */
 static inline KC_HD int64_t kc_qi8_at(int tiles, int64_t rows, int64_t cols, int64_t r, int64_t c)
 {
     int64_t k, f;
