@@ -142,7 +142,8 @@ static inline KC_HD int64_t kc_q_at(const kc_matrix *m, int64_t r, int64_t c)
 static inline int kc_q_tileable(const kc_matrix *m, int tiles)
 {
     const int shape = m->dtype == PG_QI8 ? m->group == m->cols && m->cols % 64 == 0
-                                         : m->dtype == PG_QI4 && m->cols % 128 == 0;
+                                         : m->dtype == PG_QI4 && m->cols % 128 == 0 && m->group >= 32 &&
+                                               128 % m->group == 0;   /* whole group words per chunk */
     return shape && m->rows % 16 == 0 && (tiles == KC_TILES_ROWS || tiles == KC_TILES_PAIRS);
 }
 
