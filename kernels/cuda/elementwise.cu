@@ -182,8 +182,8 @@ __device__ __forceinline__ float kc_dequant(const kc_matrix &m, int64_t r, int j
     case PG_QI8: return kc_f16_f(((const uint16_t *)m.s)[r * (cols / m.group) + j / m.group]) *
                         (float)((const int8_t *)m.q)[kc_qi8_at(m.tiles, m.rows, cols, r, j)];
     case PG_QI4: {   /* s*q is exact in f32: fmaf = the reference's product, then + m */
-        uint32_t sm = ((const uint32_t *)m.s)[r * (cols / m.group) + j / m.group];
-        int v = (((const uint8_t *)m.q)[r * (cols / 2) + j / 2] >> (4 * (j & 1))) & 15;
+        uint32_t sm = ((const uint32_t *)m.s)[kc_qi4_s_at(m.tiles, m.rows, cols, m.group, r, j / m.group)];
+        int v = (((const uint8_t *)m.q)[kc_q_at(&m, r, j)] >> (4 * (j & 1))) & 15;
         return fmaf(kc_f16_f((uint16_t)(sm & 0xffff)), (float)v, kc_f16_f((uint16_t)(sm >> 16)));
     }
     case PG_Q8_0: return kc_f16_f(((const uint16_t *)m.s)[r * (cols / 32) + j / 32]) *

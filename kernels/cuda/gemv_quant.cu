@@ -611,35 +611,32 @@ static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, floa
               (const uint8_t *)w->q, (const void *)w->s, R, w->cols, ush, n, x, y, e);
 }
 
+// The launch for one layout (FMT, PERCH, TILED): plain rows or SwiGLU pairs
+template <int FMT, int PERCH, int TILED, int EPI>
+static void gemv_q_rows(const kc_matrix *w, int R, const float *x, int n, float *y, int swiglu,
+                        const kc_gemv_epi &e, cudaStream_t s)
+{
+    if constexpr (EPI == KC_EPI_PRODUCE) {   // plain rows only (a producer adds them to the residual stream)
+        PG_ASSERT(!swiglu);
+        gemv_q_launch<FMT, PERCH, 0, TILED, EPI>(w, R, x, n, y, e, s);
+    } else if (swiglu) {
+        gemv_q_launch<FMT, PERCH, 1, TILED, EPI>(w, R, x, n, y, e, s);
+    } else {
+        gemv_q_launch<FMT, PERCH, 0, TILED, EPI>(w, R, x, n, y, e, s);
+    }
+}
+
 // One pass of columns: the kernel for w's format and layout, one epilogue kind
 template <int EPI>
 static void gemv_q_pass(const kc_matrix *w, int R, const float *x, int n, float *y, int swiglu,
                         const kc_gemv_epi &e, cudaStream_t s)
 {
-    const int fmt = w->dtype == PG_QI4, perch = !fmt && w->group == w->cols;
-    if constexpr (EPI == KC_EPI_PRODUCE) {   // plain rows only (a producer adds them to the residual stream)
-        PG_ASSERT(!swiglu);
-        if (fmt && w->tiles) gemv_q_launch<1, 0, 0, 1, EPI>(w, R, x, n, y, e, s);
-        else if (fmt) gemv_q_launch<1, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
-        else if (perch && w->tiles) gemv_q_launch<0, 1, 0, 1, EPI>(w, R, x, n, y, e, s);
-        else if (perch) gemv_q_launch<0, 1, 0, 0, EPI>(w, R, x, n, y, e, s);
-        else gemv_q_launch<0, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
-    } else if (fmt && w->tiles) {
-        if (swiglu) gemv_q_launch<1, 0, 1, 1, EPI>(w, R, x, n, y, e, s);
-        else gemv_q_launch<1, 0, 0, 1, EPI>(w, R, x, n, y, e, s);
-    } else if (fmt) {
-        if (swiglu) gemv_q_launch<1, 0, 1, 0, EPI>(w, R, x, n, y, e, s);
-        else gemv_q_launch<1, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
-    } else if (perch && w->tiles) {
-        if (swiglu) gemv_q_launch<0, 1, 1, 1, EPI>(w, R, x, n, y, e, s);
-        else gemv_q_launch<0, 1, 0, 1, EPI>(w, R, x, n, y, e, s);
-    } else if (perch) {
-        if (swiglu) gemv_q_launch<0, 1, 1, 0, EPI>(w, R, x, n, y, e, s);
-        else gemv_q_launch<0, 1, 0, 0, EPI>(w, R, x, n, y, e, s);
-    } else {
-        if (swiglu) gemv_q_launch<0, 0, 1, 0, EPI>(w, R, x, n, y, e, s);
-        else gemv_q_launch<0, 0, 0, 0, EPI>(w, R, x, n, y, e, s);
-    }
+    const int fmt = w->dtype == PG_QI4, perch = !fmt && w->group == w->cols, tiled = w->tiles != KC_TILES_NONE;
+    if (fmt && tiled) gemv_q_rows<1, 0, 1, EPI>(w, R, x, n, y, swiglu, e, s);
+    else if (fmt) gemv_q_rows<1, 0, 0, EPI>(w, R, x, n, y, swiglu, e, s);
+    else if (perch && tiled) gemv_q_rows<0, 1, 1, EPI>(w, R, x, n, y, swiglu, e, s);
+    else if (perch) gemv_q_rows<0, 1, 0, EPI>(w, R, x, n, y, swiglu, e, s);
+    else gemv_q_rows<0, 0, 0, EPI>(w, R, x, n, y, swiglu, e, s);
 }
 
 /* Columns in passes of at most 8 (the mma's n), fewer where x of 8 columns
