@@ -664,15 +664,21 @@ static void cuda_vs_cpu_quant(const char *preset, weight_quant q, int group)
     engine_free(ec); engine_free(eg); model_free(m);
 }
 
+/* cuda_vs_cpu_quant with a start-up switch set. Criterion runs each test in
+ * its own process, so the variable does not reach the other tests. */
+static void cuda_vs_cpu_quant_env(const char *var, const char *val, const char *preset, weight_quant q, int group)
+{
+    cr_assert_eq(setenv(var, val, 1), 0);
+    cuda_vs_cpu_quant(preset, q, group);
+}
+
 Test(quant_cuda, engine_int8_matches_cpu) { NEED_GPU(); cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32); }
 /* The same with int8 kept row-major (PEREGRINE_NO_QI8_TILES=1): nothing else
- * runs the engine's untiled per-row int8 path. Criterion runs each test in its
- * own process, so the variable does not reach the other tests. */
+ * runs the engine's untiled per-row int8 path. */
 Test(quant_cuda, engine_int8_row_major_matches_cpu)
 {
     NEED_GPU();
-    cr_assert_eq(setenv("PEREGRINE_NO_QI8_TILES", "1", 1), 0);
-    cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32);
+    cuda_vs_cpu_quant_env("PEREGRINE_NO_QI8_TILES", "1", "tiny-llama3", WQUANT_INT8, 32);
 }
 /* The same with the add+RMSNorm kernels kept in the decode step
  * (PEREGRINE_FUSED_NORM=0; quantized weights fuse them by default): nothing
@@ -680,8 +686,7 @@ Test(quant_cuda, engine_int8_row_major_matches_cpu)
 Test(quant_cuda, engine_int8_unfused_norm_matches_cpu)
 {
     NEED_GPU();
-    cr_assert_eq(setenv("PEREGRINE_FUSED_NORM", "0", 1), 0);
-    cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT8, 32);
+    cuda_vs_cpu_quant_env("PEREGRINE_FUSED_NORM", "0", "tiny-llama3", WQUANT_INT8, 32);
 }
 /* tiny-llama3's wqkv, wo and w13 (128 columns) are stored tiled, its w2
  * (320) row-major */
@@ -691,11 +696,11 @@ Test(quant_cuda, engine_int4_matches_cpu)
     cuda_vs_cpu_quant("tiny-llama", WQUANT_INT4, 32);
     cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT4, 64);
 }
+/* int4 kept row-major (PEREGRINE_NO_QI4_TILES=1) */
 Test(quant_cuda, engine_int4_row_major_matches_cpu)
 {
     NEED_GPU();
-    cr_assert_eq(setenv("PEREGRINE_NO_QI4_TILES", "1", 1), 0);
-    cuda_vs_cpu_quant("tiny-llama3", WQUANT_INT4, 64);
+    cuda_vs_cpu_quant_env("PEREGRINE_NO_QI4_TILES", "1", "tiny-llama3", WQUANT_INT4, 64);
 }
 
 /* --group-size 128 where a matrix is narrower or not a multiple of 128:
