@@ -67,7 +67,8 @@
  * QG_STAGES steps ahead per warp, across tile boundaries; each lane copies exactly the 16-byte
  * pieces (and scale words) of its own fragments and reads them back itself,
  * so a per-thread cp.async.wait_group is all the pipeline needs, and no
- * register is held while bytes are in flight.
+ * register is held while bytes are in flight. Tiled int4 on Hopper instead:
+ * a producer warp and bulk copies into one ring per block (qg_bulk below).
  * CPU twin: ref_matmul_q (kernels/kernels.h) on the same quantized weights,
  * ref_silu_mul for the SwiGLU form.
  */
@@ -78,6 +79,8 @@
 #define QG_STAGES 3           // steps in flight per warp (3 x 2 KB of weights)
 #define QG_CHUNK_BYTES 1280   // per warp and chunk: 2 x 512 (rows g, g + 8) + 2 x 128 (scale words)
 #define QG_STAGE_BYTES (QG_UPL * QG_CHUNK_BYTES)
+#define QG_RING_BYTES (QG_WARPS * QG_STAGES * QG_STAGE_BYTES)   // the warps' rings, or the block ring (qg_bulk)
+#define QG_BSTAGES_MAX 8   // stages of the block ring at most (mbarrier pairs)
 
 __device__ __forceinline__ uint32_t qg_u(__half2 h) { return *reinterpret_cast<uint32_t *>(&h); }
 __device__ __forceinline__ __half2 qg_h(uint32_t u) { return *reinterpret_cast<__half2 *>(&u); }
@@ -172,6 +175,14 @@ __device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, cons
     }
 }
 
+// the consumer warps' barrier: named barrier 1 with a producer warp, else __syncthreads
+template <bool NAMED>
+__device__ __forceinline__ void qg_sync()
+{
+    if constexpr (NAMED) asm volatile("bar.sync 1, %0;" ::"n"(QG_WARPS * 32) : "memory");
+    else __syncthreads();
+}
+
 #define QG_XREG 16   // float4s of x per thread in the one-column staging (cols <= 16384)
 // Rows shorter than this take the two-pass staging even for one column: the
 // one-pass loops run all QG_XREG batches whatever the row length, which cost
@@ -190,7 +201,7 @@ __device__ __forceinline__ void qg_chunk(float (&c)[2][4], const uint4 &v0, cons
 // conversion from the registers. Otherwise: one pass for the column maxima
 // (warp partials in part[N][QG_WARPS]), one barrier, one pass that converts
 // (x is then in L1), one barrier. Both give the same bits.
-template <int FMT, int EPI>
+template <int FMT, int EPI, bool NAMED>
 __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int kp, __half *xs, float *xsc,
                                            float *part)
 {
@@ -203,7 +214,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
         // 11008-wide w2), the maximum, one barrier, the f16 conversion from
         // the registers. The same values and scale as the two-pass form:
         // the same bits. Thread t holds columns 4 t' .. 4 t' + 3, t' = t +
-        // k * blockDim.x; past cols (up to kp) zeros.
+        // k * QG_WARPS * 32; past cols (up to kp) zeros.
         float4 r[QG_XREG];
         float mx = 0.f;
 #pragma unroll
@@ -214,7 +225,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
         }
         mx = kc_warp_max(mx);
         if (lane == 0) part[warp] = mx;
-        __syncthreads();
+        qg_sync<NAMED>();
         mx = 0.f;
 #pragma unroll
         for (int w = 0; w < QG_WARPS; w++) mx = fmaxf(mx, part[w]);
@@ -246,19 +257,19 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
                 if (c < kp) *(uint2 *)(xs + c) = o;
             }
         }
-        __syncthreads();
+        qg_sync<NAMED>();
         return;
     }
     for (int n = 0; n < N; n++) {
         float mx = 0.f;
-        for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {
+        for (int c = threadIdx.x * 4; c < cols; c += (QG_WARPS * 32) * 4) {
             const float4 a = *(const float4 *)(x + (size_t)n * cols + c);
             mx = fmaxf(mx, fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(a.z), fabsf(a.w))));
         }
         mx = kc_warp_max(mx);
         if (lane == 0) part[n * QG_WARPS + warp] = mx;
     }
-    __syncthreads();
+    qg_sync<NAMED>();
     auto col_scale = [&](int n, bool inverse) {
         float mx = 0.f;
 #pragma unroll
@@ -271,7 +282,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
     const int per = kp / 8;   // groups of 8 f16 (16 bytes) per column
     int nprev = -1;
     float sc = 1.f;
-    for (int idx = threadIdx.x; idx < N * per; idx += blockDim.x) {
+    for (int idx = threadIdx.x; idx < N * per; idx += (QG_WARPS * 32)) {
         const int n = idx / per, c8 = (idx - n * per) * 8;
         if (n != nprev) { sc = col_scale(n, true); nprev = n; }
         float v[8];
@@ -294,7 +305,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
         }
         *(uint4 *)(xs + (size_t)n * kp + c8) = o;
     }
-    __syncthreads();
+    qg_sync<NAMED>();
 }
 
 // End of a tile whose first output is o (outputs [o, min(o + TR, o1))): each
@@ -304,7 +315,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
 // buffers from tile to tile, so one barrier per tile suffices: a warp that
 // runs on writes the other buffer, and cannot come back to this one before
 // every thread has passed the next tile's barrier.
-template <int FMT, int PERCH, int MODE, int EPI>
+template <int FMT, int PERCH, int MODE, int EPI, bool NAMED>
 __device__ __forceinline__ void qg_tile_end(float (&c)[2][4], float *rb, const float *xsc, const void *sp, int R,
                                             int N, int o, int o1, float *y, const kc_gemv_epi &e, const float *sinv)
 {
@@ -314,7 +325,7 @@ __device__ __forceinline__ void qg_tile_end(float (&c)[2][4], float *rb, const f
     *(float2 *)(rb + warp * 128 + (g + 8) * 8 + 2 * t) = make_float2(c[0][2] + c[1][2], c[0][3] + c[1][3]);
 #pragma unroll
     for (int k = 0; k < 4; k++) c[0][k] = c[1][k] = 0.f;
-    __syncthreads();
+    qg_sync<NAMED>();
     const int rr = threadIdx.x >> 3, n = threadIdx.x & 7;
     if (n < N && rr < TR && o + rr < o1) {
         o += rr;
@@ -360,20 +371,95 @@ template <int N>
 __device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 /*
+ * Hopper, tiled int4: the weights come by bulk copy (cp.async.bulk, the copy
+ * engine without a tensor map). A block step (every warp's QG_UPL chunks of
+ * one tile) is one contiguous run of q bytes and one of group words, so one
+ * producer warp (warp QG_WARPS, past the consumers) copies a step with two
+ * instructions into a block ring of BSTAGES stages (the same bytes as the
+ * warps' rings) and arms the stage's "full" mbarrier with their byte count;
+ * the consumer warps wait on it, load the stage into registers and arrive on
+ * its "empty" mbarrier (QG_WARPS arrivals) before their arithmetic, and the
+ * producer waits on that before it refills the stage. This replaces per-lane
+ * cp.async of 16 and 4 bytes with their address arithmetic, partial-chunk
+ * branches and waits in every consumer (~80 of ~330 instructions per step in
+ * the SASS) in a kernel whose int4 form is bound by instruction issue
+ * (Nsight Compute: 0.41-0.59 warp instructions issued per scheduler and
+ * cycle) and frees 12 registers (96 -> 84). Measured on an H200 (bench/
+ * results/h200.md, r18): int4 g32 +3.4% (7B) and +3.1% (8B) end to end;
+ * arriving after the arithmetic instead gained 2.3% / 2.4%; an 80 KB ring
+ * (4 stages) lost. int8 keeps its per-warp cp.async rings: the block ring
+ * cost it 1-3% (its form is closer to the memory bound, where the lockstep
+ * of 8 warps on one ring costs more than the instructions it saves). The
+ * consumers meet on named barrier 1 (QG_WARPS warps), not __syncthreads.
+ * sm_80 builds keep cp.async (QG_SM90 0).
+ */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define QG_SM90 1
+#else
+#define QG_SM90 0
+#endif
+__device__ __forceinline__ void qg_bar_init(uint32_t bar, uint32_t count)
+{
+#if QG_SM90
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void qg_bar_init_fence()
+{
+#if QG_SM90
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void qg_bar_arrive(uint32_t bar)
+{
+#if QG_SM90
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+#endif
+}
+// one arrival that also expects `bytes` from copies
+__device__ __forceinline__ void qg_bar_arm(uint32_t bar, uint32_t bytes)
+{
+#if QG_SM90
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+// global -> shared, `bytes` a multiple of 16, both addresses 16-byte aligned
+__device__ __forceinline__ void qg_bulk(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar)
+{
+#if QG_SM90
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void qg_bar_wait(uint32_t bar, uint32_t parity)
+{
+#if QG_SM90
+    uint32_t done = 0;
+    do {
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+#endif
+}
+
+/*
  * FMT 0 = QI8, 1 = QI4. PERCH (QI8): one scale per row, applied to the f32
  * result. MODE 0: y[n][r] = W_r . x_n; MODE 1: W has 2R rows, y[n][r] =
  * silu(W_r . x_n) * (W_{R + r} . x_n). ush: log2(16-byte units per group)
  * (unused with PERCH). N: columns, 1..8.
- * Dynamic shared memory: the warps' rings [QG_WARPS][QG_STAGES][QG_STAGE_BYTES],
- * two reduction buffers [QG_WARPS][16][8] f32, the column scales [8], the
- * maxima partials [8][QG_WARPS] (after the staging of x: a norm-epilogue
- * consumer's 1 / rms [8]), then x as f16 [N][kp] (kp = chunks * columns per
- * chunk). EPI (KC_EPI_*): the norm epilogue, e its arguments (unused for
+ * Dynamic shared memory: the warps' rings [QG_WARPS][QG_STAGES][QG_STAGE_BYTES]
+ * (BULK: the block ring [BSTAGES][BSTAGE] in the same bytes), two reduction
+ * buffers [QG_WARPS][16][8] f32, the column scales [8], the maxima partials
+ * [8][QG_WARPS] (after the staging of x: a norm-epilogue consumer's 1 / rms
+ * [8]), the block ring's mbarriers (full [QG_BSTAGES_MAX], empty
+ * [QG_BSTAGES_MAX]), then x as f16 [N][kp] (kp = chunks * columns per chunk).
+ * BULK blocks have QG_WARPS + 1 warps (the last one the producer). EPI (KC_EPI_*): the norm epilogue, e its arguments (unused for
  * KC_EPI_NONE, whose code is the plain product's); a producer stores nothing
  * in y.
  */
 template <int FMT, int PERCH, int MODE, int TILED, int EPI>
-__global__ void __launch_bounds__(QG_WARPS * 32)
+__global__ void __launch_bounds__(QG_WARPS * 32 + (TILED && FMT == 1 ? 32 : 0))   // room for a producer warp
 gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R, int cols, int ush, int N,
               const float *x, float *__restrict__ y, kc_gemv_epi e)
 {
@@ -395,15 +481,28 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const int kp = nch * CW;
     const int ngr = PERCH ? 1 : (cols >> (FMT ? 5 : 4)) >> ush;   // groups per row
     // the rings first: their offsets do not depend on N or cols
+    // Hopper, tiled int4: a producer warp and bulk copies (see qg_bulk)
+    constexpr bool BULK = TILED && FMT == 1 && QG_SM90;
     const uint8_t *ring = (const uint8_t *)qg_smem + warp * QG_STAGES * QG_STAGE_BYTES;
-    float *red = (float *)((uint8_t *)qg_smem + QG_WARPS * QG_STAGES * QG_STAGE_BYTES);   // [2][QG_WARPS][16][8]
+    float *red = (float *)((uint8_t *)qg_smem + QG_RING_BYTES);   // [2][QG_WARPS][16][8]
     float *xsc = red + 2 * QG_WARPS * 128;            // [8]
     float *part = xsc + 8;                            // [8][QG_WARPS]
     // [8]: a consumer's 1 / rms per column, in part's place: written after
     // qg_stage_x's last barrier, past every read of part
     float *sinv = part;
-    __half *xs = (__half *)(part + 8 * QG_WARPS);     // [N][kp]
+    // BULK: the ring's full [BSTAGES] and empty [BSTAGES] mbarriers
+    uint64_t *bars = (uint64_t *)(part + 8 * QG_WARPS);
+    __half *xs = (__half *)(bars + 2 * QG_BSTAGES_MAX);   // [N][kp]
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+    // The block ring of the bulk-copy form: stage j at j * BSTAGE holds the
+    // step's q bytes [QG_WARPS * QG_UPL chunks][16][64], then (QI4) its words
+    // [chunk][16][wpc] (wpc <= 4: 16 bytes per row and chunk at most).
+    constexpr int BCH = QG_WARPS * QG_UPL;                         // chunks per block step
+    constexpr int BSTAGE = BCH * 1024 + (FMT == 1 ? BCH * 16 * 16 : 0);
+    constexpr int BSTAGES = QG_RING_BYTES / BSTAGE;   // 3 for QI4
+    static_assert(BSTAGES >= 2 && BSTAGES <= QG_BSTAGES_MAX, "the block ring holds 2..8 stages");
+    const uint32_t full_s = (uint32_t)__cvta_generic_to_shared(bars), empty_s = full_s + 8 * QG_BSTAGES_MAX;
+    const uint32_t bring_s = (uint32_t)__cvta_generic_to_shared(qg_smem);
     kc_pdl_trigger();
 
     // tiled: balanced to a tile (R is a multiple of TR: kc_q_tileable)
@@ -418,6 +517,35 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const int su = QG_WARPS * 4 * QG_UPL >> (PERCH ? 0 : ush);   // scale entries a step moves on (group <= 64 units)
     const int tmask = PERCH ? 0 : (1 << min(ush, 2)) - 1;   // lanes t sharing a group: t & ~tmask equal
     const int wpc = FMT ? 4 >> min(ush, 2) : 0;        // QI4 group words per row and chunk (group <= 128)
+
+    if constexpr (BULK) {
+        if (threadIdx.x == 0) {
+#pragma unroll
+            for (int j = 0; j < BSTAGES; j++) {
+                qg_bar_init(full_s + 8 * j, 1);
+                qg_bar_init(empty_s + 8 * j, QG_WARPS);
+            }
+            qg_bar_init_fence();
+        }
+        __syncthreads();   // the only barrier with the producer warp
+        if (warp == QG_WARPS) {   // the producer: weights never depend on the previous kernel
+            if (lane == 0) {
+                for (int st = 0, j = 0, ph = 0, i = 0, k = 0; st < steps; st++) {
+                    if (st >= BSTAGES) qg_bar_wait(empty_s + 8 * j, ph ^ 1);   // refill: all warps are done
+                    const int ch0 = k * BCH, nv = min(BCH, nch - ch0);   // >= 1: k < cpw
+                    const size_t c0 = (size_t)(o0 / TR + i) * nch + ch0;   // first chunk, in the matrix
+                    const uint32_t qb = nv * 1024, sb = FMT == 1 ? nv * 16 * wpc * SB : 0;
+                    const uint32_t full = full_s + 8 * j, dst = bring_s + j * BSTAGE;
+                    qg_bar_arm(full, qb + sb);
+                    qg_bulk(dst, q + c0 * 1024, qb, full);
+                    if (FMT == 1) qg_bulk(dst + BCH * 1024, (const uint8_t *)sp + c0 * 16 * wpc * SB, sb, full);
+                    if (++j == BSTAGES) { j = 0; ph ^= 1; }
+                    if (++k == cpw) { k = 0; i++; }
+                }
+            }
+            return;
+        }
+    }
 
     // issue cursor: tile ii, chunk step ik; the lane's source pointers for step (ii, ik)
     int ii = 0, ik = 0;
@@ -491,11 +619,13 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
         io = io == (QG_STAGES - 1) * QG_STAGE_BYTES ? 0 : io + QG_STAGE_BYTES;
     };
 
-    set_rows(0);
+    if constexpr (!BULK) {
+        set_rows(0);
 #pragma unroll
-    for (int j = 0; j < QG_STAGES - 1; j++) issue();   // weights never depend on the previous kernel
+        for (int j = 0; j < QG_STAGES - 1; j++) issue();   // weights never depend on the previous kernel
+    }
     kc_pdl_wait();
-    qg_stage_x<FMT, EPI>(x, N, cols, kp, xs, xsc, part);
+    qg_stage_x<FMT, EPI, BULK>(x, N, cols, kp, xs, xsc, part);
     if constexpr (EPI == KC_EPI_CONSUME) {   // read by qg_tile_end after its barrier
         if (warp < N) {
             const float iv = kc_epi_inv_warp(e, warp, cols);
@@ -520,6 +650,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const int sl = (lane & ~3) | (t & ~tmask);   // the scale slot the group's copying lane filled
     const uint4 *xc = xl;                         // B fragments of the current step
     uint32_t co = 0;                              // ring offset of the current step
+    int bj = 0, bph = 0;   // BULK: the stage of step st and its phase parity
     for (int st = 0; st < steps; st++) {
         // A scale word is copied by one lane and read by the lanes of its
         // group, so the ring is shared within the warp: every lane is past
@@ -527,18 +658,59 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
         // landed before the others read it. (The warp runs converged here, so
         // these cost next to nothing, but without them the order is not
         // guaranteed by the memory model.)
-        if (!PERCH) __syncwarp();
-        issue();
-        qg_wait<QG_STAGES - 1>();   // this thread's copies of step st have landed
-        if (!PERCH) __syncwarp();
+        if constexpr (BULK) {
+            qg_bar_wait(full_s + 8 * bj, bph);
+        } else {
+            if (!PERCH) __syncwarp();
+            issue();
+            qg_wait<QG_STAGES - 1>();   // this thread's copies of step st have landed
+            if (!PERCH) __syncwarp();
+        }
+        if constexpr (BULK) {
+            // The stage's bytes into registers first, then the stage goes
+            // back to the producer, then the arithmetic: the producer's
+            // refill overlaps this warp's step. A chunk holds rows 0-7 then
+            // 8-15, 64 bytes each: lane (g, t)'s 16 bytes of row g sit at
+            // 16 lane. (Chunks past the row read stale bytes, never used.)
+            uint4 v0[QG_UPL], v1[QG_UPL];
+            uint32_t sc0[QG_UPL], sc1[QG_UPL];
+            const uint8_t *stage = (const uint8_t *)qg_smem + bj * BSTAGE;
+#pragma unroll
+            for (int p = 0; p < QG_UPL; p++) {
+                const uint8_t *b = stage + (warp * QG_UPL + p) * 1024;
+                v0[p] = *(const uint4 *)(b + lane * 16);
+                v1[p] = *(const uint4 *)(b + 512 + lane * 16);
+                sc0[p] = sc1[p] = 0;
+                if constexpr (FMT == 1) {   // words [chunk][16][wpc] after the stage's q bytes
+                    const uint8_t *w = stage + BCH * 1024 + (((warp * QG_UPL + p) * 16 + g) * wpc + (t >> ush)) * SB;
+                    sc0[p] = *(const uint32_t *)w;
+                    sc1[p] = *(const uint32_t *)(w + 8 * wpc * SB);
+                }
+            }
+            __syncwarp();
+            if (lane == 0) qg_bar_arrive(empty_s + 8 * bj);
+            if (++bj == BSTAGES) { bj = 0; bph ^= 1; }
+#pragma unroll
+            for (int p = 0; p < QG_UPL; p++)
+                if ((warp + QG_WARPS * ck) * QG_UPL + p < nch)
+                    qg_chunk<FMT, PERCH>(c, v0[p], v1[p], sc0[p], sc1[p], xc + p * (CW / 8), magic);
+        } else {
 #pragma unroll
         for (int p = 0; p < QG_UPL; p++) {
             const int ch = (warp + QG_WARPS * ck) * QG_UPL + p;
             if (ch < nch) {
-                const uint8_t *b = ring + co + p * QG_CHUNK_BYTES;
+                // a chunk holds rows 0-7 then 8-15, 64 bytes each: lane (g,
+                // t)'s 16 bytes of row g sit at 16 lane in both rings
+                const uint8_t *b = BULK ? (const uint8_t *)qg_smem + bj * BSTAGE + (warp * QG_UPL + p) * 1024
+                                        : ring + co + p * QG_CHUNK_BYTES;
                 const uint4 v0 = *(const uint4 *)(b + lane * 16), v1 = *(const uint4 *)(b + 512 + lane * 16);
                 uint32_t sc0 = 0, sc1 = 0;
-                if (FMT == 1 || !PERCH) {
+                if (BULK && FMT == 1) {   // words [chunk][16][wpc] after the stage's q bytes
+                    const uint8_t *w = (const uint8_t *)qg_smem + bj * BSTAGE + BCH * 1024 +
+                                       (((warp * QG_UPL + p) * 16 + g) * wpc + (t >> ush)) * SB;
+                    sc0 = *(const uint32_t *)w;
+                    sc1 = *(const uint32_t *)(w + 8 * wpc * SB);
+                } else if (FMT == 1 || !PERCH) {
                     sc0 = *(const uint32_t *)(b + 1024 + sl * 4);
                     sc1 = *(const uint32_t *)(b + 1152 + sl * 4);
                 }
@@ -550,16 +722,31 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
                 qg_chunk<FMT, PERCH>(c, v0, v1, sc0, sc1, xc + p * (CW / 8), magic);
             }
         }
+        }
         co = co == (QG_STAGES - 1) * QG_STAGE_BYTES ? 0 : co + QG_STAGE_BYTES;
         xc += QG_WARPS * QG_UPL * CW / 8;
         if (++ck == cpw) {
             ck = 0;
             xc = xl;
-            qg_tile_end<FMT, PERCH, MODE, EPI>(c, red + (ci & 1) * QG_WARPS * 128, xsc, sp, R, N, o0 + ci * TR, o1,
+            qg_tile_end<FMT, PERCH, MODE, EPI, BULK>(c, red + (ci & 1) * QG_WARPS * 128, xsc, sp, R, N, o0 + ci * TR, o1,
                                                y, e, sinv);
             if (++ci < tiles && FMT == 0 && !PERCH) set_par(ci);
         }
     }
+}
+
+// Whether the current device runs the sm_90 code (bulk copies and a producer
+// warp for the tiled layouts; read once: a device property)
+static bool qg_sm90(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        int dev = 0, major = 0;
+        KC_CHECK(cudaGetDevice(&dev));
+        KC_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        v = major >= 9;
+    }
+    return v != 0;
 }
 
 static size_t qg_smem_bytes(int fmt, int n, int cols)
@@ -567,7 +754,7 @@ static size_t qg_smem_bytes(int fmt, int n, int cols)
     const int cw = fmt ? 128 : 64;
     const size_t kp = (size_t)KC_CDIV(cols, cw) * cw;
     return (size_t)n * kp * 2 + (2 * QG_WARPS * 128 + 8 + 8 * QG_WARPS) * sizeof(float) +
-           (size_t)QG_WARPS * QG_STAGES * QG_STAGE_BYTES;
+           2 * QG_BSTAGES_MAX * sizeof(uint64_t) + (size_t)QG_RING_BYTES;
 }
 
 // Largest dynamic shared memory a block may opt into on the current device
@@ -593,6 +780,7 @@ static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, floa
         KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)qg_smem_optin()));
         opted = true;
     }
+    const bool bulk = TILED && FMT == 1 && qg_sm90();   // a producer warp past the QG_WARPS consumers
     const size_t smem = qg_smem_bytes(FMT, n, w->cols);
     int ush = 0;
     if (!PERCH) {
@@ -600,14 +788,15 @@ static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, floa
         while ((1 << ush) < upg) ush++;
         PG_ASSERT((1 << ush) == upg && upg <= QG_WARPS * 4);
     }
+    const int threads = QG_WARPS * 32 + (bulk ? 32 : 0);
     int per_sm = 0, sms = 0, dev = 0;
-    KC_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, QG_WARPS * 32, smem));
+    KC_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem));
     KC_CHECK(cudaGetDevice(&dev));
     KC_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     PG_ASSERT(per_sm >= 1);
     int blocks = KC_CDIV(R, MODE ? 8 : 16);
     if (blocks > per_sm * sms) blocks = per_sm * sms;
-    kc_launch(kern, dim3(blocks), dim3(QG_WARPS * 32), smem, s,
+    kc_launch(kern, dim3(blocks), dim3(threads), smem, s,
               (const uint8_t *)w->q, (const void *)w->s, R, w->cols, ush, n, x, y, e);
 }
 
