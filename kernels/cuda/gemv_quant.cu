@@ -215,14 +215,22 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
         // the registers. The same values and scale as the two-pass form:
         // the same bits. Thread t holds columns 4 t' .. 4 t' + 3, t' = t +
         // k * QG_WARPS * 32; past cols (up to kp) zeros.
+        // Batches that start past the row (k * 1024 >= cols, the same for
+        // the whole block) skip their arithmetic: the loads stay predicated
+        // and all go out at once, but the maximum and the conversion of the
+        // 12 empty batches of a 4096-wide row were ~260 of ~350 instructions
+        // per warp, a quarter of wo's (Nsight Compute, bench/results/h200.md).
         float4 r[QG_XREG];
         float mx = 0.f;
 #pragma unroll
         for (int k = 0; k < QG_XREG; k++) {
             const int c = (threadIdx.x + k * QG_WARPS * 32) * 4;
             r[k] = c < cols ? *(const float4 *)(x + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(r[k].x), fabsf(r[k].y)), fmaxf(fabsf(r[k].z), fabsf(r[k].w))));
         }
+#pragma unroll
+        for (int k = 0; k < QG_XREG; k++)
+            if (k * QG_WARPS * 32 * 4 < cols)
+                mx = fmaxf(mx, fmaxf(fmaxf(fabsf(r[k].x), fabsf(r[k].y)), fmaxf(fabsf(r[k].z), fabsf(r[k].w))));
         mx = kc_warp_max(mx);
         if (lane == 0) part[warp] = mx;
         qg_sync<NAMED>();
@@ -235,6 +243,7 @@ __device__ __forceinline__ void qg_stage_x(const float *x, int N, int cols, int 
         if (threadIdx.x == 0) xsc[0] = ldexpf(1.f, e);
 #pragma unroll
         for (int k = 0; k < QG_XREG; k++) {
+            if (k * QG_WARPS * 32 * 4 >= kp) break;   // no thread of the block stores
             const int c = (threadIdx.x + k * QG_WARPS * 32) * 4;
             const float v0 = r[k].x * sc, v1 = r[k].y * sc, v2 = r[k].z * sc, v3 = r[k].w * sc;
             if constexpr (FMT == 1) {
