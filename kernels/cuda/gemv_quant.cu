@@ -188,8 +188,9 @@ __device__ __forceinline__ void qg_sync()
 // one-pass loops run all QG_XREG batches whatever the row length, which cost
 // the default model (rows of 576 and 1536 columns, 0.14 ms per step) 8% of
 // its decode rate on an H200 (7378 vs 8017 tok/s, bench/results/h200.md,
-// 2026-12-03 r9), while rows of 4096 and 11008 gained 4-8%. A version that
-// skips the batches past the row is in bench/ab/pending/sx-short-rows.diff.
+// 2026-12-03 r9), while rows of 4096 and 11008 gained 4-8%. Skipping whole
+// batches past the row, loads included, lost 4% (r10: the loads no longer go
+// out at once); skipping only their arithmetic gained 1.3% (r19, kept).
 #define QG_XREG_MIN_COLS 2048
 
 // x [N][cols] f32 (global) -> xs [N][kp] f16 (shared, zero past cols), each
