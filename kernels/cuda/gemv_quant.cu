@@ -464,9 +464,9 @@ __device__ __forceinline__ void qg_bar_wait(uint32_t bar, uint32_t parity)
  * [8][QG_WARPS] (after the staging of x: a norm-epilogue consumer's 1 / rms
  * [8]), the block ring's mbarriers (full [QG_BSTAGES_MAX], empty
  * [QG_BSTAGES_MAX]), then x as f16 [N][kp] (kp = chunks * columns per chunk).
- * BULK blocks have QG_WARPS + 1 warps (the last one the producer). EPI (KC_EPI_*): the norm epilogue, e its arguments (unused for
- * KC_EPI_NONE, whose code is the plain product's); a producer stores nothing
- * in y.
+ * BULK blocks have QG_WARPS + 1 warps (the last one the producer). EPI
+ * (KC_EPI_*): the norm epilogue, e its arguments (unused for KC_EPI_NONE,
+ * whose code is the plain product's); a producer stores nothing in y.
  */
 template <int FMT, int PERCH, int MODE, int TILED, int EPI>
 __global__ void __launch_bounds__(QG_WARPS * 32 + (TILED && FMT == 1 ? 32 : 0))   // room for a producer warp
@@ -490,9 +490,9 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     const int nch = (nu + 3) >> 2;                    // chunks per row; the last may be partial
     const int kp = nch * CW;
     const int ngr = PERCH ? 1 : (cols >> (FMT ? 5 : 4)) >> ush;   // groups per row
-    // the rings first: their offsets do not depend on N or cols
     // Hopper, tiled int4: a producer warp and bulk copies (see qg_bulk)
     constexpr bool BULK = TILED && FMT == 1 && QG_SM90;
+    // the rings first: their offsets do not depend on N or cols
     const uint8_t *ring = (const uint8_t *)qg_smem + warp * QG_STAGES * QG_STAGE_BYTES;
     float *red = (float *)((uint8_t *)qg_smem + QG_RING_BYTES);   // [2][QG_WARPS][16][8]
     float *xsc = red + 2 * QG_WARPS * 128;            // [8]
@@ -706,32 +706,24 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
                     qg_chunk<FMT, PERCH>(c, v0[p], v1[p], sc0[p], sc1[p], xc + p * (CW / 8), magic);
         } else {
 #pragma unroll
-        for (int p = 0; p < QG_UPL; p++) {
-            const int ch = (warp + QG_WARPS * ck) * QG_UPL + p;
-            if (ch < nch) {
-                // a chunk holds rows 0-7 then 8-15, 64 bytes each: lane (g,
-                // t)'s 16 bytes of row g sit at 16 lane in both rings
-                const uint8_t *b = BULK ? (const uint8_t *)qg_smem + bj * BSTAGE + (warp * QG_UPL + p) * 1024
-                                        : ring + co + p * QG_CHUNK_BYTES;
-                const uint4 v0 = *(const uint4 *)(b + lane * 16), v1 = *(const uint4 *)(b + 512 + lane * 16);
-                uint32_t sc0 = 0, sc1 = 0;
-                if (BULK && FMT == 1) {   // words [chunk][16][wpc] after the stage's q bytes
-                    const uint8_t *w = (const uint8_t *)qg_smem + bj * BSTAGE + BCH * 1024 +
-                                       (((warp * QG_UPL + p) * 16 + g) * wpc + (t >> ush)) * SB;
-                    sc0 = *(const uint32_t *)w;
-                    sc1 = *(const uint32_t *)(w + 8 * wpc * SB);
-                } else if (FMT == 1 || !PERCH) {
-                    sc0 = *(const uint32_t *)(b + 1024 + sl * 4);
-                    sc1 = *(const uint32_t *)(b + 1152 + sl * 4);
+            for (int p = 0; p < QG_UPL; p++) {
+                const int ch = (warp + QG_WARPS * ck) * QG_UPL + p;
+                if (ch < nch) {
+                    const uint8_t *b = ring + co + p * QG_CHUNK_BYTES;
+                    const uint4 v0 = *(const uint4 *)(b + lane * 16), v1 = *(const uint4 *)(b + 512 + lane * 16);
+                    uint32_t sc0 = 0, sc1 = 0;
+                    if (FMT == 1 || !PERCH) {
+                        sc0 = *(const uint32_t *)(b + 1024 + sl * 4);
+                        sc1 = *(const uint32_t *)(b + 1152 + sl * 4);
+                    }
+                    if (FMT == 0 && !PERCH) {
+                        const int gi = (ch * 4 + t) >> ush;
+                        if ((par0 + gi) & 1) sc0 >>= 16;
+                        if ((par1 + gi) & 1) sc1 >>= 16;
+                    }
+                    qg_chunk<FMT, PERCH>(c, v0, v1, sc0, sc1, xc + p * (CW / 8), magic);
                 }
-                if (FMT == 0 && !PERCH) {
-                    const int gi = (ch * 4 + t) >> ush;
-                    if ((par0 + gi) & 1) sc0 >>= 16;
-                    if ((par1 + gi) & 1) sc1 >>= 16;
-                }
-                qg_chunk<FMT, PERCH>(c, v0, v1, sc0, sc1, xc + p * (CW / 8), magic);
             }
-        }
         }
         co = co == (QG_STAGES - 1) * QG_STAGE_BYTES ? 0 : co + QG_STAGE_BYTES;
         xc += QG_WARPS * QG_UPL * CW / 8;
@@ -746,7 +738,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
 }
 
 // Whether the current device runs the sm_90 code (bulk copies and a producer
-// warp for the tiled layouts; read once: a device property)
+// warp for tiled int4; read once: a device property)
 static bool qg_sm90(void)
 {
     static int v = -1;
