@@ -80,6 +80,10 @@
 #define QG_CHUNK_BYTES 1280   // per warp and chunk: 2 x 512 (rows g, g + 8) + 2 x 128 (scale words)
 #define QG_STAGE_BYTES (QG_UPL * QG_CHUNK_BYTES)
 #define QG_RING_BYTES (QG_WARPS * QG_STAGES * QG_STAGE_BYTES)   // the warps' rings, or the block ring (qg_bulk)
+// The block ring of the bulk-copy form: 2 block steps of 20 KB. Measured
+// against 3 (the warps' rings' 60 KB), 2-3.5% faster end to end with int4
+// weights on an H200 (bench/results/h200.md, r21); why is not analysed.
+#define QG_BRING_BYTES (2 * (QG_WARPS * QG_UPL * (1024 + 16 * 16)))
 #define QG_BSTAGES_MAX 8   // stages of the block ring at most (mbarrier pairs)
 
 __device__ __forceinline__ uint32_t qg_u(__half2 h) { return *reinterpret_cast<uint32_t *>(&h); }
@@ -385,8 +389,7 @@ __device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0
  * engine without a tensor map). A block step (every warp's QG_UPL chunks of
  * one tile) is one contiguous run of q bytes and one of group words, so one
  * producer warp (warp QG_WARPS, past the consumers) copies a step with two
- * instructions into a block ring of BSTAGES stages (the same bytes as the
- * warps' rings) and arms the stage's "full" mbarrier with their byte count;
+ * instructions into a block ring of BSTAGES stages (2: QG_BRING_BYTES) and arms the stage's "full" mbarrier with their byte count;
  * the consumer warps wait on it, load the stage into registers and arrive on
  * its "empty" mbarrier (QG_WARPS arrivals) before their arithmetic, and the
  * producer waits on that before it refills the stage. This replaces per-lane
@@ -459,7 +462,7 @@ __device__ __forceinline__ void qg_bar_wait(uint32_t bar, uint32_t parity)
  * silu(W_r . x_n) * (W_{R + r} . x_n). ush: log2(16-byte units per group)
  * (unused with PERCH). N: columns, 1..8.
  * Dynamic shared memory: the warps' rings [QG_WARPS][QG_STAGES][QG_STAGE_BYTES]
- * (BULK: the block ring [BSTAGES][BSTAGE] in the same bytes), two reduction
+ * (BULK: the block ring [BSTAGES][BSTAGE] instead, QG_BRING_BYTES), two reduction
  * buffers [QG_WARPS][16][8] f32, the column scales [8], the maxima partials
  * [8][QG_WARPS] (after the staging of x: a norm-epilogue consumer's 1 / rms
  * [8]), the block ring's mbarriers (full [QG_BSTAGES_MAX], empty
@@ -469,7 +472,10 @@ __device__ __forceinline__ void qg_bar_wait(uint32_t bar, uint32_t parity)
  * whose code is the plain product's); a producer stores nothing in y.
  */
 template <int FMT, int PERCH, int MODE, int TILED, int EPI>
-__global__ void __launch_bounds__(QG_WARPS * 32 + (TILED && FMT == 1 ? 32 : 0))   // room for a producer warp
+// (minimum blocks per SM: 2 for the bulk form, 1 for the others, the code
+// measured in r21; neither binds: 84 registers in the bulk form)
+__global__ void __launch_bounds__(QG_WARPS * 32 + (TILED && FMT == 1 ? 32 : 0),   // room for a producer warp
+                                  TILED && FMT == 1 && QG_SM90 ? 2 : 1)
 gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R, int cols, int ush, int N,
               const float *x, float *__restrict__ y, kc_gemv_epi e)
 {
@@ -494,7 +500,8 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     constexpr bool BULK = TILED && FMT == 1 && QG_SM90;
     // the rings first: their offsets do not depend on N or cols
     const uint8_t *ring = (const uint8_t *)qg_smem + warp * QG_STAGES * QG_STAGE_BYTES;
-    float *red = (float *)((uint8_t *)qg_smem + QG_RING_BYTES);   // [2][QG_WARPS][16][8]
+    constexpr int RING = TILED && FMT == 1 && QG_SM90 ? QG_BRING_BYTES : QG_RING_BYTES;
+    float *red = (float *)((uint8_t *)qg_smem + RING);   // [2][QG_WARPS][16][8]
     float *xsc = red + 2 * QG_WARPS * 128;            // [8]
     float *part = xsc + 8;                            // [8][QG_WARPS]
     // [8]: a consumer's 1 / rms per column, in part's place: written after
@@ -509,7 +516,7 @@ gemv_q_kernel(const uint8_t *__restrict__ q, const void *__restrict__ sp, int R,
     // [chunk][16][wpc] (wpc <= 4: 16 bytes per row and chunk at most).
     constexpr int BCH = QG_WARPS * QG_UPL;                         // chunks per block step
     constexpr int BSTAGE = BCH * 1024 + (FMT == 1 ? BCH * 16 * 16 : 0);
-    constexpr int BSTAGES = QG_RING_BYTES / BSTAGE;   // 3 for QI4
+    constexpr int BSTAGES = RING / BSTAGE;
     static_assert(BSTAGES >= 2 && BSTAGES <= QG_BSTAGES_MAX, "the block ring holds 2..8 stages");
     const uint32_t full_s = (uint32_t)__cvta_generic_to_shared(bars), empty_s = full_s + 8 * QG_BSTAGES_MAX;
     const uint32_t bring_s = (uint32_t)__cvta_generic_to_shared(qg_smem);
@@ -751,12 +758,12 @@ static bool qg_sm90(void)
     return v != 0;
 }
 
-static size_t qg_smem_bytes(int fmt, int n, int cols)
+static size_t qg_smem_bytes(int fmt, int n, int cols, bool bulk)
 {
     const int cw = fmt ? 128 : 64;
     const size_t kp = (size_t)KC_CDIV(cols, cw) * cw;
     return (size_t)n * kp * 2 + (2 * QG_WARPS * 128 + 8 + 8 * QG_WARPS) * sizeof(float) +
-           2 * QG_BSTAGES_MAX * sizeof(uint64_t) + (size_t)QG_RING_BYTES;
+           2 * QG_BSTAGES_MAX * sizeof(uint64_t) + (size_t)(bulk ? QG_BRING_BYTES : QG_RING_BYTES);
 }
 
 // Largest dynamic shared memory a block may opt into on the current device
@@ -783,7 +790,7 @@ static void gemv_q_launch(const kc_matrix *w, int R, const float *x, int n, floa
         opted = true;
     }
     const bool bulk = TILED && FMT == 1 && qg_sm90();   // a producer warp past the QG_WARPS consumers
-    const size_t smem = qg_smem_bytes(FMT, n, w->cols);
+    const size_t smem = qg_smem_bytes(FMT, n, w->cols, bulk);
     int ush = 0;
     if (!PERCH) {
         const int upg = w->group / (FMT ? 32 : 16);   // 16-byte units per group: a power of two, <= 32
@@ -845,8 +852,9 @@ extern "C" void k_gemv_q(const kc_matrix *w, const float *x, int n, float *y, in
     PG_ASSERT(!w->tiles || (w->tiles == (swiglu ? KC_TILES_PAIRS : KC_TILES_ROWS) && kc_q_tileable(w, w->tiles)));
     const int R = swiglu ? w->rows / 2 : w->rows;
     int per = 8;
-    while (per > 1 && qg_smem_bytes(fmt, per, w->cols) > qg_smem_optin()) per--;
-    PG_ASSERT(qg_smem_bytes(fmt, per, w->cols) <= qg_smem_optin());
+    const bool bulk = fmt && w->tiles && qg_sm90();   // gemv_q_launch's choice
+    while (per > 1 && qg_smem_bytes(fmt, per, w->cols, bulk) > qg_smem_optin()) per--;
+    PG_ASSERT(qg_smem_bytes(fmt, per, w->cols, bulk) <= qg_smem_optin());
     for (int i = 0; i < n; i += per) {
         const int m = n - i < per ? n - i : per;
         const float *xi = x + (size_t)i * w->cols;
