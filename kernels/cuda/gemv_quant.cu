@@ -400,7 +400,13 @@ __device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0
  * cycle) and frees 12 registers (96 -> 84). Measured on an H200 (bench/
  * results/h200.md, r18): int4 g32 +3.4% (7B) and +3.1% (8B) end to end;
  * arriving after the arithmetic instead gained 2.3% / 2.4%; an 80 KB ring
- * (4 stages) lost. int8 keeps its per-warp cp.async rings: the block ring
+ * (4 stages) lost, and 2 stages (40 KB) gained another 1.7-3.5% (r21).
+ * Since then the kernel is no longer issue-bound: cutting the dequantization
+ * from 13 to 9 instructions per word (the minima by one more mma per step,
+ * r20) left the big products' times unchanged and exposed the latency of
+ * the x fragments' shared loads (Nsight Compute: short-scoreboard stalls
+ * doubled); 3 blocks per SM (r21) and blocks of 4 warps (r23) lost 8-18%.
+ * int8 keeps its per-warp cp.async rings: the block ring
  * cost it 1-3% (its form is closer to the memory bound, where the lockstep
  * of 8 warps on one ring costs more than the instructions it saves). The
  * consumers meet on named barrier 1 (QG_WARPS warps), not __syncthreads.
